@@ -1,3 +1,77 @@
-"""neuroprint: neuron-level fingerprints (Visual DNA) of image collections."""
+"""neuroprint: neuron-level fingerprints (Visual DNA) of image collections, and their comparison.
+
+A drop-in for the ``vdna`` package's API (same names, same numbers, same files)::
+
+    from neuroprint import VDNAProcessor, EMD, load_vdna_from_files
+
+    vdna1 = VDNAProcessor().make_vdna(source="/data/set_a", feat_extractor_name="dino_vit_base")
+    vdna1.save("set_a")
+    vdna2 = load_vdna_from_files("set_b")
+    EMD(vdna1, vdna2)
+
+plus the engine's own entry points: `profile` (several distributions from one pass), `open_source`,
+`Ranges`, and the extractor registry (`create_extractor`, `list_extractors`).
+"""
 
 __version__ = "0.1.0"
+
+from ._distances import EMD, FD, NFD, earth_movers_distance, frechet_distance, frechet_distance_1d
+from ._errors import (
+    DecodeError,
+    EmptySourceError,
+    IncompatibleVDNAError,
+    NeuroprintError,
+    SourceError,
+    VDNAFileError,
+    WeightsError,
+)
+from ._processor import VDNAProcessor, profile
+from ._ranges import Ranges, load_ranges
+from ._recipe import Recipe
+from ._sources import Item, Source, open_source
+from ._vdna import (
+    VDNA,
+    VDNAActivationRanges,
+    VDNAGauss,
+    VDNAHist,
+    VDNALayerGauss,
+    get_vdna,
+    load_vdna_from_files,
+    load_vdna_from_hub,
+)
+from .extractors import create_extractor, list_extractors
+
+__all__ = [
+    "EMD",
+    "FD",
+    "NFD",
+    "VDNA",
+    "DecodeError",
+    "EmptySourceError",
+    "IncompatibleVDNAError",
+    "Item",
+    "NeuroprintError",
+    "Ranges",
+    "Recipe",
+    "Source",
+    "SourceError",
+    "VDNAActivationRanges",
+    "VDNAFileError",
+    "VDNAGauss",
+    "VDNAHist",
+    "VDNALayerGauss",
+    "VDNAProcessor",
+    "WeightsError",
+    "__version__",
+    "create_extractor",
+    "earth_movers_distance",
+    "frechet_distance",
+    "frechet_distance_1d",
+    "get_vdna",
+    "list_extractors",
+    "load_ranges",
+    "load_vdna_from_files",
+    "load_vdna_from_hub",
+    "open_source",
+    "profile",
+]
