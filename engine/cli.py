@@ -1,0 +1,335 @@
+"""The ``neuroprint`` command: thin over the library; one line and a non-zero exit on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      neuroprint profile photos/ -o photos_dna                      # histogram-1000 with mugs_vit_base
+      neuroprint profile photos/ -o photos -d histogram-1000 -d layer-gaussian --extractor dino_vit_base
+      neuroprint profile set.parquet -o set_dna --ranges auto --weights random   # offline, no downloads
+      neuroprint compare a_dna b_dna                                # EMD for histograms, FD for layer-gaussian
+      neuroprint compare a_dna b_dna --layer block_3 --per-neuron per_neuron.parquet
+      neuroprint profile real/ -o real --extractor inception --layers block_3 -d layer-gaussian
+      neuroprint compare real fake --metric fd --layer block_3      # = FID (clean resize)
+      neuroprint demo                                               # a self-contained tour, offline
+    """
+)
+
+logger = logging.getLogger("neuroprint")
+
+
+class CLIError(Exception):
+    """A usage error found after parsing (reported like argparse's, exit code 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neuroprint",
+        description="Neuron-level fingerprints (Visual DNA) of image collections, and their distances.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    pr = sub.add_parser(
+        "profile",
+        help="make VDNAs of a set of images (OUT.json + OUT.npz)",
+        description=(
+            "Run a frozen network over every image of SOURCE and record each neuron's activation "
+            "distribution. SOURCE is a folder (searched recursively), an image, a .txt list of paths "
+            "(relative to the list's folder) or a .parquet table with a path or image-bytes column. "
+            "Unreadable images are skipped and listed in the output's metadata."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pr.add_argument("source", help="folder, image file, .txt list or .parquet table")
+    pr.add_argument("-o", "--out", required=True, help="output name: writes OUT.json + OUT.npz")
+    pr.add_argument("--extractor", default="mugs_vit_base", help="registered extractor or timm model name")
+    pr.add_argument(
+        "-d",
+        "--distribution",
+        action="append",
+        help="histogram-<bins>, gaussian, layer-gaussian or activation-ranges; repeat for several from one "
+        "pass (then written as OUT-<distribution>.json/.npz) [default: histogram-1000]",
+    )
+    pr.add_argument(
+        "--weights",
+        default="default",
+        help="'default' (published weights, downloaded once), 'random' (seeded, offline) or a checkpoint path",
+    )
+    pr.add_argument(
+        "--ranges",
+        default=None,
+        help="histogram bin ranges: 'published' (the extractor's, the default), 'auto' (measured by a first pass "
+        "over SOURCE), or an activation_ranges.json / activation-ranges VDNA; VDNAs are comparable only "
+        "when made with the same ranges",
+    )
+    pr.add_argument("--layers", nargs="+", help="tap only these layers (module paths for timm models)")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--num-workers", type=int, default=None, help="decoding threads [default: one per core, up to 8]")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    pr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="network precision")
+    pr.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the network [default: on CUDA]"
+    )
+    pr.add_argument("--num-images", type=int, default=-1, help="use only this many images (-1: all)")
+    pr.add_argument("--shuffle", action="store_true", help="pick --num-images at random (seeded) instead of the first")
+    pr.add_argument("--seed", type=int, default=0, help="seed for shuffling, random crops and random weights")
+    pr.add_argument("--crop", default="none", choices=["none", "center", "random"], help="square crop before resizing")
+    pr.add_argument("--resize-mode", default=None, choices=["clean", "legacy_pytorch"], help="override the resize")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    cp = sub.add_parser(
+        "compare",
+        help="distance between two VDNAs",
+        description=(
+            "Distance between two VDNAs of the same extractor and distribution: emd (histograms, in bins), "
+            "nfd (neuron-wise Frechet distance of gaussian / layer-gaussian VDNAs) or fd (Frechet distance of "
+            "layer-gaussian VDNAs; FID on Inception's block_3). By default the mean over all neurons "
+            "(fd: over layers)."
+        ),
+    )
+    cp.add_argument("a", help="first VDNA (NAME, NAME.json or NAME.npz)")
+    cp.add_argument("b", help="second VDNA")
+    cp.add_argument("--metric", choices=["emd", "nfd", "fd"], help="default: emd for histograms, fd for layer-gaussian, nfd for gaussian")
+    cp.add_argument("--layer", help="use only the neurons of this layer")
+    cp.add_argument("--neuron", type=int, help="use only this neuron of --layer")
+    cp.add_argument("--per-neuron", metavar="FILE.parquet", help="also write every neuron's distance to a Parquet table")
+    cp.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    ip = sub.add_parser("info", help="describe a VDNA: extractor, weights, images, failures, ranges")
+    ip.add_argument("vdna", help="VDNA (NAME, NAME.json or NAME.npz)")
+    ip.add_argument("--failures", action="store_true", help="list every image that could not be read")
+
+    mp = sub.add_parser("merge", help="merge VDNAs of the same settings (add new images to a reference)")
+    mp.add_argument("vdnas", nargs="+", help="two or more VDNAs")
+    mp.add_argument("-o", "--out", required=True, help="output name")
+
+    ep = sub.add_parser("extractors", help="list the extractors with their layers and neuron counts")
+    ep.add_argument("--layers", action="store_true", help="also list every layer")
+
+    dp = sub.add_parser(
+        "demo",
+        help="offline tour: makes images, profiles them with a random-weight network and compares",
+        description="Generates two small image sets, measures shared activation ranges, profiles three subsets "
+        "from one pass each and prints their distances. Needs no download.",
+    )
+    dp.add_argument("--out", default="demo-out", help="working folder")
+    dp.add_argument("--images", type=int, default=24, help="images per set")
+    dp.add_argument("--extractor", default="rand_resnet50")
+    dp.add_argument("--device", default="auto")
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"neuroprint {__version__}"
+
+
+def _vdna_path(p: str) -> str:
+    path = Path(p)
+    return str(path.with_suffix("")) if path.suffix in (".json", ".npz") else str(path)
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def cmd_profile(args) -> int:
+    from ._processor import profile
+
+    dists = args.distribution or ["histogram-1000"]
+    out = _vdna_path(args.out)
+    vdnas = profile(
+        args.source,
+        dists,
+        extractor=args.extractor,
+        weights=args.weights,
+        layers=args.layers,
+        ranges=args.ranges,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=_dtype(args.dtype),
+        compile=args.compile,
+        num_images=args.num_images,
+        shuffle=args.shuffle,
+        seed=args.seed,
+        crop=args.crop,
+        resize_mode=args.resize_mode,
+        progress=not args.quiet,
+    )
+    for name, vdna in vdnas.items():
+        path = out if len(vdnas) == 1 else f"{out}-{name}"
+        vdna.save(path)
+        failed = f", {vdna.num_failed} unreadable (see `neuroprint info {path} --failures`)" if vdna.num_failed else ""
+        print(f"{path}.json/.npz: {vdna.name} of {vdna.num_images} images{failed}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ._distances import EMD, FD, NFD
+    from ._vdna import load_vdna_from_files
+
+    a = load_vdna_from_files(_vdna_path(args.a))
+    b = load_vdna_from_files(_vdna_path(args.b))
+    metric = args.metric or {"histogram": "emd", "layer-gaussian": "fd", "gaussian": "nfd"}.get(a.type)
+    if metric is None:
+        raise CLIError(f"no distance is defined on {a.name} VDNAs; use emd, nfd or fd on other kinds")
+    fn = {"emd": EMD, "nfd": NFD, "fd": FD}[metric]
+    value = float(fn(a, b, use_neurons_from_layer=args.layer, use_neuron_index=args.neuron))
+    if args.per_neuron:
+        if args.neuron is not None:
+            raise CLIError("--per-neuron lists every neuron; it cannot be combined with --neuron")
+        per = fn(a, b, use_neurons_from_layer=args.layer, return_neuron_wise=True)
+        _write_per_neuron(args.per_neuron, per, metric)
+    scope = f"layer {args.layer}" if args.layer else "all layers"
+    if args.neuron is not None:
+        scope += f", neuron {args.neuron}"
+    if args.json:
+        print(json.dumps({"metric": metric, "value": value, "a": args.a, "b": args.b, "layer": args.layer, "neuron": args.neuron}))
+    else:
+        print(f"{metric.upper()} ({scope}): {value:.6g}")
+    return 0
+
+
+def _write_per_neuron(path: str, per: dict, metric: str) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    layers, neurons, values = [], [], []
+    for layer, t in per.items():
+        v = t.detach().cpu().double().numpy()
+        layers.extend([layer] * v.size)
+        neurons.append(np.arange(v.size, dtype=np.int32))
+        values.append(v)
+    table = pa.table(
+        {
+            "layer": pa.array(layers, pa.string()),
+            "neuron": pa.array(np.concatenate(neurons) if neurons else np.zeros(0, np.int32)),
+            metric: pa.array(np.concatenate(values) if values else np.zeros(0)),
+        }
+    )
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, target)
+
+
+def cmd_info(args) -> int:
+    from ._vdna import load_vdna_from_files
+
+    v = load_vdna_from_files(_vdna_path(args.vdna))
+    m = v.meta
+    lines = [
+        f"{_vdna_path(args.vdna)}: {v.name} VDNA",
+        f"  extractor   {v.feature_extractor_name} ({len(v.neurons_list)} layers, {sum(v.neurons_list.values())} neurons)",
+        f"  weights     {m.get('weights', 'unknown (written by vdna)')}",
+        f"  images      {v.num_images} used, {v.num_failed} unreadable",
+        f"  source      {v.data_settings_used.get('source')}",
+    ]
+    if m.get("recipe"):
+        r = m["recipe"]
+        lines.append(f"  recipe      {r['size'][0]}x{r['size'][1]}, resize {r['resize']}, crop {r['crop']}, dtype {m.get('dtype')}")
+    if v.type == "histogram":
+        rng = m.get("ranges")
+        lines.append(f"  ranges      {rng['origin']} (sha256 {rng['sha256'][:12]})" if rng else "  ranges      not recorded")
+    if m.get("version"):
+        lines.append(f"  made by     neuroprint {m['version']}")
+    print("\n".join(lines))
+    if args.failures:
+        for f in v.failures:
+            print(f"  failed  {f['uri']}: {f['reason']}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from ._vdna import load_vdna_from_files
+
+    if len(args.vdnas) < 2:
+        raise CLIError("merge needs at least two VDNAs")
+    merged = load_vdna_from_files(_vdna_path(args.vdnas[0]))
+    for p in args.vdnas[1:]:
+        merged = merged.merge(load_vdna_from_files(_vdna_path(p)))
+    out = _vdna_path(args.out)
+    merged.save(out)
+    print(f"{out}.json/.npz: {merged.name} of {merged.num_images} images")
+    return 0
+
+
+def cmd_extractors(args) -> int:
+    from .extractors import get_extractor_config, list_extractors
+
+    for name in list_extractors():
+        c = get_extractor_config(name)
+        neurons = sum(c.layers.values())
+        h, w = c.recipe.size
+        print(f"{name:18s} {len(c.layers):3d} layers {neurons:6d} neurons  {h}x{w}  {c.description}")
+        if args.layers:
+            for layer, n in c.layers.items():
+                print(f"    {layer:16s} {n}")
+    print("plus any timm model name (e.g. timm:resnet18 --layers layer1 layer4)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ._demo import run_demo
+
+    run_demo(Path(args.out), images=args.images, extractor=args.extractor, device=args.device)
+    return 0
+
+
+COMMANDS = {
+    "profile": cmd_profile,
+    "compare": cmd_compare,
+    "info": cmd_info,
+    "merge": cmd_merge,
+    "extractors": cmd_extractors,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="neuroprint: %(levelname)s: %(message)s",
+    )
+    from ._errors import NeuroprintError
+
+    try:
+        return COMMANDS[args.command](args)
+    except CLIError as err:
+        parser.exit(2, f"neuroprint {args.command}: error: {err}\n")
+    except (NeuroprintError, ValueError, TypeError, FileNotFoundError, PermissionError) as err:
+        if args.debug:
+            raise
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"neuroprint {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("neuroprint: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
