@@ -1,0 +1,85 @@
+"""Shared fixtures: image collections the tests make themselves, including every kind of bad file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# A tiny timm network (160x160 input, 5 taps): real code path, seconds per test on CPU.
+TINY = "timm:test_resnet"
+
+
+def _rgb(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _write_good(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        arr = _rgb(40 + 7 * i, 50 + 3 * i, seed + i)
+        p = folder / f"good_{i:02d}.{'png' if i % 2 else 'JPG'}"  # upper-case extensions count too
+        Image.fromarray(arr).save(p, format="PNG" if i % 2 else "JPEG")
+        paths.append(p)
+    return paths
+
+
+def _write_odd_modes(folder: Path) -> list[Path]:
+    """Images that must be converted, not rejected: gray, RGBA, palette, CMYK, 16-bit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(_rgb(45, 33, 99))
+    out = {
+        "gray.png": rgb.convert("L"),
+        "rgba.png": rgb.convert("RGBA"),
+        "palette.png": rgb.convert("P"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "sixteen.png": Image.fromarray((np.arange(45 * 33, dtype=np.uint16).reshape(45, 33) * 40)),
+    }
+    paths = []
+    for name, img in out.items():
+        p = folder / name
+        img.save(p)
+        paths.append(p)
+    return paths
+
+
+def _write_bad(folder: Path) -> dict[str, Path]:
+    """Files that cannot be read: each must be skipped and recorded, never stop a job."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(64, 64, 5)).save(buf, format="JPEG")
+    bad = {
+        "truncated": folder / "truncated.jpg",
+        "zero": folder / "zero.png",
+        "text": folder / "not_an_image.png",
+        "corrupt": folder / "corrupt.jpg",
+    }
+    bad["truncated"].write_bytes(buf.getvalue()[:300])
+    bad["zero"].write_bytes(b"")
+    bad["text"].write_text("this is not an image\n")
+    data = bytearray(buf.getvalue())
+    data[2:400] = bytes(398)  # header destroyed
+    bad["corrupt"].write_bytes(bytes(data))
+    return bad
+
+
+@pytest.fixture(scope="session")
+def image_sets(tmp_path_factory):
+    """{"good": folder of 6 readable images, "mixed": good + odd modes + bad files, "bad": {...}}."""
+    root = tmp_path_factory.mktemp("images")
+    good = _write_good(root / "good", 6)
+    mixed_dir = root / "mixed"
+    _write_good(mixed_dir / "good", 4, seed=100)
+    odd = _write_odd_modes(mixed_dir / "odd")
+    bad = _write_bad(mixed_dir / "bad")
+    # A list that names a file that is not there (and a folder named like an image): unreadable paths.
+    (mixed_dir / "bad" / "folder.png").mkdir()
+    listing = root / "list.txt"
+    listing.write_text("\n".join(["good/good_00.JPG", "missing/nowhere.png", "mixed/bad/folder.png", "good/good_01.png"]) + "\n")
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no images here")
+    return {"root": root, "list": listing, "good": root / "good", "good_paths": good, "mixed": mixed_dir, "odd": odd, "bad": bad}
