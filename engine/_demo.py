@@ -66,11 +66,17 @@ def run_demo(
     vdnas = {}
     say("3/4 profiling three sets (histogram-1000 and layer-gaussian from one pass each)")
     for name, paths in sets.items():
-        res = profile([str(p) for p in paths], ["histogram-1000", "layer-gaussian"], ranges=out / "ranges", **common)
+        res = profile(
+            [str(p) for p in paths], ["histogram-1000", "layer-gaussian"], ranges=out / "ranges", **common
+        )
         for dist, v in res.items():
             v.save(out / f"{name}-{dist}")
         vdnas[name] = res
-        failed = f", {res['histogram-1000'].num_failed} unreadable skipped" if res["histogram-1000"].num_failed else ""
+        failed = (
+            f", {res['histogram-1000'].num_failed} unreadable skipped"
+            if res["histogram-1000"].num_failed
+            else ""
+        )
         say(f"    {name}: {res['histogram-1000'].num_images} images{failed}")
 
     say("4/4 distances (EMD in bins over all neurons; FD = mean over layers)")
@@ -81,5 +87,7 @@ def run_demo(
         rows[f"{a} vs {b}"] = emd
         say(f"    {a:8s} vs {b:8s}  EMD {emd:9.4f}   FD {fd:12.4g}")
     say(f"files are in {out}/; try: neuroprint info {out}/clean_1-histogram-1000 --failures")
-    say(f"          neuroprint compare {out}/clean_1-histogram-1000 {out}/noisy-histogram-1000 --layer layer4_2")
+    say(
+        f"          neuroprint compare {out}/clean_1-histogram-1000 {out}/noisy-histogram-1000 --layer layer4_2"
+    )
     return rows

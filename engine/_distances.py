@@ -22,7 +22,9 @@ __all__ = ["EMD", "FD", "NFD", "earth_movers_distance", "frechet_distance", "fre
 def earth_movers_distance(hist1: torch.Tensor, hist2: torch.Tensor) -> torch.Tensor:
     """Row-wise EMD between histograms [R, N] (each row normalised to sum 1), in bin units."""
     if hist1.shape != hist2.shape:
-        raise IncompatibleVDNAError(f"histograms differ in shape: {tuple(hist1.shape)} vs {tuple(hist2.shape)}")
+        raise IncompatibleVDNAError(
+            f"histograms differ in shape: {tuple(hist1.shape)} vs {tuple(hist2.shape)}"
+        )
     h1 = hist1 / torch.sum(hist1, dim=1, dtype=torch.float64, keepdim=True)
     h2 = hist2.to(hist1.device) / torch.sum(hist2.to(hist1.device), dim=1, dtype=torch.float64, keepdim=True)
     return torch.sum(torch.abs(torch.cumsum(h1 - h2, dim=1)), dim=1)
@@ -72,16 +74,17 @@ def _check_args(
         if not isinstance(v, VDNA):
             raise TypeError(f"{metric}: argument {i} is a {type(v).__name__}, not a VDNA")
         if v.type not in kinds:
-            raise IncompatibleVDNAError(
-                f"{metric} needs {' or '.join(kinds)} VDNAs; VDNA {i} is {v.name}"
-            )
+            raise IncompatibleVDNAError(f"{metric} needs {' or '.join(kinds)} VDNAs; VDNA {i} is {v.name}")
     if vdna1.type != vdna2.type and metric != "NFD":
         raise IncompatibleVDNAError(f"cannot compare a {vdna1.name} VDNA with a {vdna2.name} VDNA")
     if vdna1.type == vdna2.type:
         check_compatible(vdna1, vdna2)
     else:
         # NFD between a gaussian and a layer-gaussian: same network and neurons suffice.
-        if vdna1.feature_extractor_name != vdna2.feature_extractor_name or vdna1.neurons_list != vdna2.neurons_list:
+        if (
+            vdna1.feature_extractor_name != vdna2.feature_extractor_name
+            or vdna1.neurons_list != vdna2.neurons_list
+        ):
             raise IncompatibleVDNAError("cannot compare VDNAs of different extractors or neurons")
     if neuron is not None and layer is None:
         raise ValueError("use_neuron_index needs use_neurons_from_layer")
@@ -110,7 +113,9 @@ def EMD(
 
     With ``return_neuron_wise`` returns ``{layer: [neurons]}`` for the selected layer (or all layers).
     """
-    _check_args(vdna1, vdna2, ("histogram",), "EMD", use_neurons_from_layer, use_neuron_index, return_neuron_wise)
+    _check_args(
+        vdna1, vdna2, ("histogram",), "EMD", use_neurons_from_layer, use_neuron_index, return_neuron_wise
+    )
     if vdna1.hist_nb_bins != vdna2.hist_nb_bins:
         raise IncompatibleVDNAError(f"histograms have {vdna1.hist_nb_bins} vs {vdna2.hist_nb_bins} bins")
     if return_neuron_wise:

@@ -37,7 +37,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA device; use device='cpu'")
+        raise ValueError(
+            f"device {device!r} asked for, but this machine has no CUDA device; use device='cpu'"
+        )
     return dev
 
 
@@ -76,9 +78,7 @@ def _run_pass(
     return failures
 
 
-def _resolve_ranges(
-    ranges, extractor: Extractor, weights, auto_pass
-) -> Ranges:
+def _resolve_ranges(ranges, extractor: Extractor, weights, auto_pass) -> Ranges:
     """Bin ranges for histograms, from (in this order of the ``ranges`` argument):
 
     a `Ranges`; "auto" (a pre-pass over the source); "published" or None (vdna's published ranges of
@@ -109,7 +109,9 @@ def _resolve_ranges(
     elif isinstance(ranges, (str, os.PathLike)):
         out = load_ranges(ranges)
     else:
-        raise TypeError(f"ranges must be None, 'auto', 'published', a path or Ranges, not {type(ranges).__name__}")
+        raise TypeError(
+            f"ranges must be None, 'auto', 'published', a path or Ranges, not {type(ranges).__name__}"
+        )
     out.check_covers(extractor.layers, what=f"extractor {extractor.name}")
     return out.subset(extractor.layers)
 
@@ -180,7 +182,11 @@ def profile(
     dev = resolve_device(device)
     if compile is None:
         compile = dev.type == "cuda"
-    src = source if isinstance(source, Source) else open_source(source, num_images=num_images, shuffle=shuffle, seed=seed)
+    src = (
+        source
+        if isinstance(source, Source)
+        else open_source(source, num_images=num_images, shuffle=shuffle, seed=seed)
+    )
     ex, model = _CACHE.get(
         extractor, weights=weights, layers=layers, device=dev, dtype=dtype, seed=seed, compile=compile
     )
@@ -188,7 +194,9 @@ def profile(
     if resize_mode is not None:
         recipe = recipe.with_(resize=resize_mode)
     workers = _default_workers() if num_workers is None else int(num_workers)
-    loader = ImageLoader(src, recipe, batch_size=batch_size, num_workers=workers, seed=seed, pin_memory=dev.type == "cuda")
+    loader = ImageLoader(
+        src, recipe, batch_size=batch_size, num_workers=workers, seed=seed, pin_memory=dev.type == "cuda"
+    )
 
     def auto_pass() -> Ranges:
         r = ActivationRangesReducer(ex.layers)
@@ -231,7 +239,12 @@ def profile(
         "shuffle_files": bool(shuffle),
         "num_images": int(num_images),
     }
-    extraction = {"num_workers": workers, "batch_size": int(batch_size), "device": str(dev), "seed": int(seed)}
+    extraction = {
+        "num_workers": workers,
+        "batch_size": int(batch_size),
+        "device": str(dev),
+        "seed": int(seed),
+    }
 
     out = {}
     for name, (kind, bins), reducer in zip(names, kinds, reducers):
@@ -347,9 +360,15 @@ class VDNAProcessor:
             progress=verbose,
         )[distribution_name]
         vdna.data_settings_used.update(
-            {"source": _json_source(source), "shuffle_files": bool(shuffle_files), "num_images": int(num_images)}
+            {
+                "source": _json_source(source),
+                "shuffle_files": bool(shuffle_files),
+                "num_images": int(num_images),
+            }
         )
-        vdna.extraction_settings_used.update({"verbose": bool(verbose), "n_sample_images": int(n_sample_images)})
+        vdna.extraction_settings_used.update(
+            {"verbose": bool(verbose), "n_sample_images": int(n_sample_images)}
+        )
         if save_sample_images is not None:
             recipe = _CACHE.extractor.recipe
             if crop_to_square_pre_resize != "none":

@@ -36,7 +36,9 @@ def parse_distribution(name: str) -> tuple[str, int]:
     if name.startswith("histogram-"):
         tail = name[len("histogram-") :]
         if not tail.isdigit() or int(tail) < 1:
-            raise ValueError(f"bad histogram distribution {name!r}: expected histogram-<bins>, e.g. histogram-1000")
+            raise ValueError(
+                f"bad histogram distribution {name!r}: expected histogram-<bins>, e.g. histogram-1000"
+            )
         return "histogram", int(tail)
     if name in ("gaussian", "layer-gaussian", "activation-ranges"):
         return name, 0
@@ -249,7 +251,9 @@ class ActivationRangesReducer(Reducer):
         )
 
 
-def make_reducer(distribution: str, layers: dict[str, int], *, ranges: Ranges | None = None, device="cpu") -> Reducer:
+def make_reducer(
+    distribution: str, layers: dict[str, int], *, ranges: Ranges | None = None, device="cpu"
+) -> Reducer:
     kind, bins = parse_distribution(distribution)
     if kind == "histogram":
         if ranges is None:

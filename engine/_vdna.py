@@ -173,9 +173,7 @@ class VDNA:
             fails = self.failures + other.failures
             out.meta["failures"] = fails
             out.meta["num_failed"] = self.num_failed + other.num_failed
-            out.meta["merged_from"] = [
-                str(v.data_settings_used.get("source")) for v in (self, other)
-            ]
+            out.meta["merged_from"] = [str(v.data_settings_used.get("source")) for v in (self, other)]
         out.data_settings_used = dict(self.data_settings_used)
         out.data_settings_used["source"] = f"merge of {self.num_images} + {other.num_images} images"
         out.loaded_from_path = "NotLoaded"
@@ -199,7 +197,9 @@ class VDNA:
         for k in ("custom_fn_resize", "custom_np_image_tranform", "custom_pil_image_tranform"):
             if data_settings[k] is not None and not isinstance(data_settings[k], str):
                 data_settings[k] = repr(data_settings[k])
-        extraction = {k: self.extraction_settings_used.get(k, v) for k, v in EXTRACTION_SETTINGS_DEFAULTS.items()}
+        extraction = {
+            k: self.extraction_settings_used.get(k, v) for k, v in EXTRACTION_SETTINGS_DEFAULTS.items()
+        }
         return {
             "time_of_compute": datetime.datetime.now().strftime("%I:%M%p on %B %d, %Y"),
             "vdna_version": VDNA_FORMAT_VERSION,
@@ -217,7 +217,9 @@ class VDNA:
     def _load_metadata(self, meta: dict, file_path) -> None:
         try:
             if meta["type"] != self.type:
-                raise VDNAFileError(f"{_json_path(file_path)} holds a {meta['type']!r} VDNA, not {self.type!r}")
+                raise VDNAFileError(
+                    f"{_json_path(file_path)} holds a {meta['type']!r} VDNA, not {self.type!r}"
+                )
             self.name = str(meta["name"])
             self.num_images = int(meta["num_images"])
             self.feature_extractor_name = str(meta["feature_extractor_name"])
@@ -334,7 +336,10 @@ class VDNAHist(VDNA):
             self.data[layer] = t
 
     def _merged_data(self, other: VDNA) -> dict:
-        return {k: self.data[k].to(torch.int64) + other.data[k].to(torch.int64).to(self.data[k].device) for k in self.data}
+        return {
+            k: self.data[k].to(torch.int64) + other.data[k].to(torch.int64).to(self.data[k].device)
+            for k in self.data
+        }
 
 
 class VDNAGauss(VDNA):
@@ -424,7 +429,10 @@ class VDNALayerGauss(VDNA):
             mb, sb = other.data[layer]["mu"].double(), other.data[layer]["sigma"].double()
             delta = mb - ma
             m2 = sa * max(na - 1, 0) + sb * max(nb - 1, 0) + torch.outer(delta, delta) * (na * nb / n)
-            out[layer] = {"mu": ma + delta * (nb / n), "sigma": m2 / (n - 1) if n > 1 else torch.zeros_like(sa)}
+            out[layer] = {
+                "mu": ma + delta * (nb / n),
+                "sigma": m2 / (n - 1) if n > 1 else torch.zeros_like(sa),
+            }
         return out
 
 
@@ -473,8 +481,12 @@ class VDNAActivationRanges(VDNA):
     def _merged_data(self, other: VDNA) -> dict:
         return {
             k: {
-                "min": torch.minimum(self.data[k]["min"], other.data[k]["min"].to(self.data[k]["min"].device)),
-                "max": torch.maximum(self.data[k]["max"], other.data[k]["max"].to(self.data[k]["max"].device)),
+                "min": torch.minimum(
+                    self.data[k]["min"], other.data[k]["min"].to(self.data[k]["min"].device)
+                ),
+                "max": torch.maximum(
+                    self.data[k]["max"], other.data[k]["max"].to(self.data[k]["max"].device)
+                ),
             }
             for k in self.data
         }
@@ -485,9 +497,11 @@ def get_vdna(dist_name: str) -> VDNA:
     kind, bins = parse_distribution(dist_name)
     if kind == "histogram":
         return VDNAHist(hist_nb_bins=bins)
-    return {"gaussian": VDNAGauss, "layer-gaussian": VDNALayerGauss, "activation-ranges": VDNAActivationRanges}[
-        kind
-    ]()
+    return {
+        "gaussian": VDNAGauss,
+        "layer-gaussian": VDNALayerGauss,
+        "activation-ranges": VDNAActivationRanges,
+    }[kind]()
 
 
 def load_vdna_from_files(file_path: str | os.PathLike, device: str = "cpu") -> VDNA:

@@ -79,17 +79,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--layers", nargs="+", help="tap only these layers (module paths for timm models)")
     pr.add_argument("--batch-size", type=int, default=64)
-    pr.add_argument("--num-workers", type=int, default=None, help="decoding threads [default: one per core, up to 8]")
-    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    pr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="network precision")
     pr.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the network [default: on CUDA]"
+        "--num-workers", type=int, default=None, help="decoding threads [default: one per core, up to 8]"
+    )
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    pr.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="network precision"
+    )
+    pr.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the network [default: on CUDA]",
     )
     pr.add_argument("--num-images", type=int, default=-1, help="use only this many images (-1: all)")
-    pr.add_argument("--shuffle", action="store_true", help="pick --num-images at random (seeded) instead of the first")
+    pr.add_argument(
+        "--shuffle", action="store_true", help="pick --num-images at random (seeded) instead of the first"
+    )
     pr.add_argument("--seed", type=int, default=0, help="seed for shuffling, random crops and random weights")
-    pr.add_argument("--crop", default="none", choices=["none", "center", "random"], help="square crop before resizing")
-    pr.add_argument("--resize-mode", default=None, choices=["clean", "legacy_pytorch"], help="override the resize")
+    pr.add_argument(
+        "--crop", default="none", choices=["none", "center", "random"], help="square crop before resizing"
+    )
+    pr.add_argument(
+        "--resize-mode", default=None, choices=["clean", "legacy_pytorch"], help="override the resize"
+    )
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     cp = sub.add_parser(
@@ -104,10 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("a", help="first VDNA (NAME, NAME.json or NAME.npz)")
     cp.add_argument("b", help="second VDNA")
-    cp.add_argument("--metric", choices=["emd", "nfd", "fd"], help="default: emd for histograms, fd for layer-gaussian, nfd for gaussian")
+    cp.add_argument(
+        "--metric",
+        choices=["emd", "nfd", "fd"],
+        help="default: emd for histograms, fd for layer-gaussian, nfd for gaussian",
+    )
     cp.add_argument("--layer", help="use only the neurons of this layer")
     cp.add_argument("--neuron", type=int, help="use only this neuron of --layer")
-    cp.add_argument("--per-neuron", metavar="FILE.parquet", help="also write every neuron's distance to a Parquet table")
+    cp.add_argument(
+        "--per-neuron", metavar="FILE.parquet", help="also write every neuron's distance to a Parquet table"
+    )
     cp.add_argument("--json", action="store_true", help="print the result as JSON")
 
     ip = sub.add_parser("info", help="describe a VDNA: extractor, weights, images, failures, ranges")
@@ -178,7 +197,11 @@ def cmd_profile(args) -> int:
     for name, vdna in vdnas.items():
         path = out if len(vdnas) == 1 else f"{out}-{name}"
         vdna.save(path)
-        failed = f", {vdna.num_failed} unreadable (see `neuroprint info {path} --failures`)" if vdna.num_failed else ""
+        failed = (
+            f", {vdna.num_failed} unreadable (see `neuroprint info {path} --failures`)"
+            if vdna.num_failed
+            else ""
+        )
         print(f"{path}.json/.npz: {vdna.name} of {vdna.num_images} images{failed}")
     return 0
 
@@ -203,7 +226,18 @@ def cmd_compare(args) -> int:
     if args.neuron is not None:
         scope += f", neuron {args.neuron}"
     if args.json:
-        print(json.dumps({"metric": metric, "value": value, "a": args.a, "b": args.b, "layer": args.layer, "neuron": args.neuron}))
+        print(
+            json.dumps(
+                {
+                    "metric": metric,
+                    "value": value,
+                    "a": args.a,
+                    "b": args.b,
+                    "layer": args.layer,
+                    "neuron": args.neuron,
+                }
+            )
+        )
     else:
         print(f"{metric.upper()} ({scope}): {value:.6g}")
     return 0
@@ -248,10 +282,16 @@ def cmd_info(args) -> int:
     ]
     if m.get("recipe"):
         r = m["recipe"]
-        lines.append(f"  recipe      {r['size'][0]}x{r['size'][1]}, resize {r['resize']}, crop {r['crop']}, dtype {m.get('dtype')}")
+        lines.append(
+            f"  recipe      {r['size'][0]}x{r['size'][1]}, resize {r['resize']}, crop {r['crop']}, dtype {m.get('dtype')}"
+        )
     if v.type == "histogram":
         rng = m.get("ranges")
-        lines.append(f"  ranges      {rng['origin']} (sha256 {rng['sha256'][:12]})" if rng else "  ranges      not recorded")
+        lines.append(
+            f"  ranges      {rng['origin']} (sha256 {rng['sha256'][:12]})"
+            if rng
+            else "  ranges      not recorded"
+        )
     if m.get("version"):
         lines.append(f"  made by     neuroprint {m['version']}")
     print("\n".join(lines))

@@ -37,7 +37,7 @@ def _write_odd_modes(folder: Path) -> list[Path]:
         "rgba.png": rgb.convert("RGBA"),
         "palette.png": rgb.convert("P"),
         "cmyk.jpg": rgb.convert("CMYK"),
-        "sixteen.png": Image.fromarray((np.arange(45 * 33, dtype=np.uint16).reshape(45, 33) * 40)),
+        "sixteen.png": Image.fromarray(np.arange(45 * 33, dtype=np.uint16).reshape(45, 33) * 40),
     }
     paths = []
     for name, img in out.items():
@@ -79,7 +79,18 @@ def image_sets(tmp_path_factory):
     # A list that names a file that is not there (and a folder named like an image): unreadable paths.
     (mixed_dir / "bad" / "folder.png").mkdir()
     listing = root / "list.txt"
-    listing.write_text("\n".join(["good/good_00.JPG", "missing/nowhere.png", "mixed/bad/folder.png", "good/good_01.png"]) + "\n")
+    listing.write_text(
+        "\n".join(["good/good_00.JPG", "missing/nowhere.png", "mixed/bad/folder.png", "good/good_01.png"])
+        + "\n"
+    )
     (root / "empty").mkdir()
     (root / "empty" / "notes.txt").write_text("no images here")
-    return {"root": root, "list": listing, "good": root / "good", "good_paths": good, "mixed": mixed_dir, "odd": odd, "bad": bad}
+    return {
+        "root": root,
+        "list": listing,
+        "good": root / "good",
+        "good_paths": good,
+        "mixed": mixed_dir,
+        "odd": odd,
+        "bad": bad,
+    }

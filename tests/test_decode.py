@@ -9,11 +9,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from neuroprint._decode import Batch, ImageLoader, decode_image, preprocess
 from neuroprint._errors import DecodeError
 from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
 from neuroprint._sources import open_source
-from PIL import Image
 
 vdna_im = pytest.importorskip("vdna.utils.im")
 
@@ -427,8 +428,9 @@ def test_loader_all_failed_batch_and_early_stop():
 
 
 def test_global_truncated_flag_is_reported(monkeypatch, caplog):
-    import neuroprint._decode as dec
     from PIL import ImageFile
+
+    import neuroprint._decode as dec
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     monkeypatch.setattr(dec, "_warned_truncated_flag", False)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from neuroprint._errors import NeuroprintError, WeightsError
 from neuroprint.extractors import (
     Extractor,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from neuroprint.extractors import create_extractor, get_extractor_config
 
 pfi = pytest.importorskip("pytorch_fid.inception")

@@ -113,7 +113,9 @@ def _batches(n_images: int, seed: int = 0):
 
 
 def _ranges():
-    return Ranges({"a": -np.full(6, 5.0), "b": -np.full(3, 12.0)}, {"a": np.full(6, 6.0), "b": np.full(3, 11.0)}, "test")
+    return Ranges(
+        {"a": -np.full(6, 5.0), "b": -np.full(3, 12.0)}, {"a": np.full(6, 6.0), "b": np.full(3, 11.0)}, "test"
+    )
 
 
 def _reducers():
@@ -152,7 +154,10 @@ def test_one_batch_many_batches_and_shards_agree():
     whole = _feed(_reducers(), feats, [37])
     many = _feed(_reducers(), feats, [1, 5, 8, 2, 13, 8])
     # Three shards reduced separately, merged in a scrambled order.
-    shards = [_feed(_reducers(), {k: v[s:e] for k, v in feats.items()}, [e - s]) for s, e in ((0, 10), (10, 11), (11, 37))]
+    shards = [
+        _feed(_reducers(), {k: v[s:e] for k, v in feats.items()}, [e - s])
+        for s, e in ((0, 10), (10, 11), (11, 37))
+    ]
     merged = shards[2]
     for other in (shards[0], shards[1]):
         merged = [m.merge(o) for m, o in zip(merged, other)]
@@ -201,7 +206,9 @@ def test_activation_ranges_to_ranges():
 
 def test_merge_refuses_mismatches():
     h1 = HistogramReducer(LAYERS, 50, _ranges())
-    other_ranges = Ranges({"a": -np.full(6, 4.0), "b": -np.full(3, 12.0)}, {"a": np.full(6, 6.0), "b": np.full(3, 11.0)})
+    other_ranges = Ranges(
+        {"a": -np.full(6, 4.0), "b": -np.full(3, 12.0)}, {"a": np.full(6, 6.0), "b": np.full(3, 11.0)}
+    )
     with pytest.raises(IncompatibleVDNAError):
         h1.merge(HistogramReducer(LAYERS, 50, other_ranges))
     with pytest.raises(IncompatibleVDNAError):
@@ -231,7 +238,11 @@ def test_ranges_must_cover_layers():
 
 @pytest.mark.parametrize(
     "name,parsed",
-    [("histogram-1000", ("histogram", 1000)), ("gaussian", ("gaussian", 0)), ("layer-gaussian", ("layer-gaussian", 0))],
+    [
+        ("histogram-1000", ("histogram", 1000)),
+        ("gaussian", ("gaussian", 0)),
+        ("layer-gaussian", ("layer-gaussian", 0)),
+    ],
 )
 def test_parse_distribution(name, parsed):
     assert parse_distribution(name) == parsed

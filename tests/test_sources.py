@@ -13,11 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
+
 from neuroprint._decode import ImageLoader, decode_image
 from neuroprint._errors import DecodeError, EmptySourceError, SourceError
 from neuroprint._recipe import Recipe
 from neuroprint._sources import IMAGE_EXTENSIONS, Source, open_source
-from PIL import Image
 
 
 def _save(path, seed: int = 0, size=(6, 5)) -> bytes:

@@ -70,7 +70,9 @@ def test_profile_all_distributions_from_one_pass(good_vdnas, image_sets):
         np.testing.assert_array_equal(rng.mins[layer], ar.data[layer]["min"].double().numpy())
     lg, g = good_vdnas["layer-gaussian"], good_vdnas["gaussian"]
     for layer in g.neurons_list:
-        torch.testing.assert_close(torch.diagonal(lg.data[layer]["sigma"]), g.data[layer]["var"], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            torch.diagonal(lg.data[layer]["sigma"]), g.data[layer]["var"], rtol=1e-12, atol=1e-12
+        )
 
 
 def test_metadata_records_every_setting(good_vdnas, tmp_path):
@@ -82,7 +84,9 @@ def test_metadata_records_every_setting(good_vdnas, tmp_path):
     assert np_meta["recipe"]["size"] == [160, 160] and np_meta["dtype"] == "float32"
     assert np_meta["ranges"]["sha256"] == h.ranges.digest
     assert np_meta["version"] == npt.__version__
-    assert meta["extraction_settings"]["hist_nb_bins"] == 64 and meta["extraction_settings"]["normalise_feats"]
+    assert (
+        meta["extraction_settings"]["hist_nb_bins"] == 64 and meta["extraction_settings"]["normalise_feats"]
+    )
     assert meta["num_images"] == 6 and meta["type"] == "histogram" and meta["name"] == "histogram-64"
     with zipfile.ZipFile(tmp_path / "h.npz") as z:
         assert sorted(n[:-4] for n in z.namelist()) == sorted(h.neurons_list)
@@ -108,7 +112,9 @@ def test_save_load_round_trip(good_vdnas, dist, tmp_path):
 
 
 def test_distances_on_identical_and_different_sets(good_vdnas, image_sets, ranges_file):
-    other = profile(image_sets["good_paths"][:3], ["histogram-64", "layer-gaussian", "gaussian"], ranges=ranges_file, **KW)
+    other = profile(
+        image_sets["good_paths"][:3], ["histogram-64", "layer-gaussian", "gaussian"], ranges=ranges_file, **KW
+    )
     h, g, lg = good_vdnas["histogram-64"], good_vdnas["gaussian"], good_vdnas["layer-gaussian"]
     assert float(EMD(h, h)) == 0.0
     assert float(EMD(h, other["histogram-64"])) > 0
@@ -116,7 +122,9 @@ def test_distances_on_identical_and_different_sets(good_vdnas, image_sets, range
     assert float(FD(lg, other["layer-gaussian"])) > 0
     assert float(NFD(g, other["gaussian"])) > 0
     # NFD accepts layer-gaussian VDNAs through their diagonals (vdna's conversion).
-    torch.testing.assert_close(NFD(lg, other["layer-gaussian"]), NFD(g, other["gaussian"]), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        NFD(lg, other["layer-gaussian"]), NFD(g, other["gaussian"]), rtol=1e-9, atol=1e-12
+    )
     per = EMD(h, other["histogram-64"], return_neuron_wise=True)
     assert list(per) == list(h.neurons_list)
     allm = torch.cat(list(per.values())).mean()
@@ -137,7 +145,10 @@ def test_batch_size_and_workers_do_not_change_results(image_sets, ranges_file, g
                 assert torch.equal(a, b)
     for layer in other["layer-gaussian"].neurons_list:
         torch.testing.assert_close(
-            other["layer-gaussian"].data[layer]["sigma"], good_vdnas["layer-gaussian"].data[layer]["sigma"], rtol=1e-12, atol=1e-12
+            other["layer-gaussian"].data[layer]["sigma"],
+            good_vdnas["layer-gaussian"].data[layer]["sigma"],
+            rtol=1e-12,
+            atol=1e-12,
         )
 
 
@@ -169,10 +180,14 @@ def test_incompatible_vdnas_are_clear_errors(good_vdnas, image_sets, ranges_file
         EMD(h, auto)
     with pytest.raises(IncompatibleVDNAError, match="different activation ranges"):
         h.merge(auto)
-    other_bins = profile(image_sets["good_paths"][:2], "histogram-32", ranges=ranges_file, **KW)["histogram-32"]
+    other_bins = profile(image_sets["good_paths"][:2], "histogram-32", ranges=ranges_file, **KW)[
+        "histogram-32"
+    ]
     with pytest.raises(IncompatibleVDNAError):
         EMD(h, other_bins)
-    other_weights = profile(image_sets["good_paths"][:2], "histogram-64", ranges=ranges_file, **{**KW, "seed": 1})
+    other_weights = profile(
+        image_sets["good_paths"][:2], "histogram-64", ranges=ranges_file, **{**KW, "seed": 1}
+    )
     with pytest.raises(IncompatibleVDNAError, match="weights"):
         EMD(h, other_weights["histogram-64"])
     with pytest.raises(IncompatibleVDNAError, match="histogram"):
@@ -360,6 +375,8 @@ def test_ranges_from_vdna_json_layout(good_vdnas, tmp_path, image_sets):
     for layer in rng.mins:
         np.testing.assert_array_equal(loaded.mins[layer], rng.mins[layer])
     assert loaded.digest == rng.digest
-    (tmp_path / "bad.json").write_text(json.dumps({"mins_per_neuron": {"a": {"1": 0.0}}, "maxs_per_neuron": {"a": {"1": 1.0}}}))
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"mins_per_neuron": {"a": {"1": 0.0}}, "maxs_per_neuron": {"a": {"1": 1.0}}})
+    )
     with pytest.raises(VDNAFileError, match="malformed"):
         npt.load_ranges(tmp_path / "bad.json")

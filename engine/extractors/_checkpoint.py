@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from neuroprint._errors import WeightsError
 from torch import nn
+
+from neuroprint._errors import WeightsError
 
 logger = logging.getLogger(__name__)
 

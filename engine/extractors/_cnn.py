@@ -9,8 +9,9 @@ convolutional part (vdna's ``fw_relu`` with zero padding, i.e. torchvision's VGG
 from __future__ import annotations
 
 import torch
-from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
 from torch import nn
+
+from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
 
 from ._backbone import TapBackbone, spatial_to_tokens
 from ._config import ExtractorConfig, StateDict, register_extractor

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
 from neuroprint._errors import NeuroprintError
 from neuroprint._recipe import Recipe
 

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from neuroprint._errors import WeightsError
 from neuroprint._recipe import Recipe
-from torch import nn
 
 from . import _timm
 from ._backbone import TapBackbone

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from neuroprint._recipe import Recipe
 from torch import nn
+
+from neuroprint._recipe import Recipe
 
 from ._backbone import TapBackbone, spatial_to_tokens
 from ._config import ExtractorConfig, StateDict, register_extractor

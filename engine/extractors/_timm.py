@@ -15,9 +15,10 @@ import sys
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+
 from neuroprint._errors import NeuroprintError
 from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
-from torch import nn
 
 from ._backbone import TapBackbone
 from ._config import ExtractorConfig, StateDict, UnknownExtractorError

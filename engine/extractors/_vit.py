@@ -8,6 +8,7 @@ CLIP is timm's QuickGELU CLIP tower (LayerNorm eps 1e-5, a pre-norm before the b
 from __future__ import annotations
 
 import torch
+
 from neuroprint._recipe import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Recipe
 
 from ._backbone import TapBackbone
