@@ -10,9 +10,12 @@ Formula (vdna 0.1.1, ``FeatureExtractionModel.get_data_features`` + ``histogram_
 
 NaN activations are not counted (``histc`` skips them); +-inf land in the end bins. Counts are int64.
 
-This module holds the plain torch reference, which is the CPU path and the oracle. The fused Triton
-kernel (one launch per layer, counts kept on chip) is tracked separately; `neuron_histogram` is the one
-entry point callers use, so the kernel slots in behind it without touching them.
+Layers of this module: the Triton kernel (one launch per layer: normalise, clamp, bin and count every
+neuron; each program keeps its counts on chip across many rows and adds them to the output once with
+integer atomics, so the result is exact and deterministic), its launcher, the plain torch reference
+(the CPU path and the oracle), and `neuron_histogram`, registered as the torch custom op
+``neuroprint::neuron_histogram`` so that it composes with ``torch.compile``; it runs the kernel on CUDA
+and the reference elsewhere.
 """
 
 from __future__ import annotations
@@ -20,7 +23,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["RANGE_SCALE", "neuron_histogram", "norm_params", "reference_neuron_histogram"]
+try:  # Triton ships with CUDA builds of torch; without it the reference runs everywhere.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+__all__ = [
+    "RANGE_SCALE",
+    "neuron_histogram",
+    "norm_params",
+    "reference_neuron_histogram",
+    "triton_neuron_histogram",
+]
 
 # vdna's ExtractionSettings.range_scale_for_norm_params.
 RANGE_SCALE = 1.2
@@ -40,34 +55,43 @@ def norm_params(mins, maxs, range_scale: float = RANGE_SCALE) -> tuple[torch.Ten
     return torch.from_numpy(mean), torch.from_numpy(std)
 
 
-def _as_rows(x: torch.Tensor) -> torch.Tensor:
-    """[B, P, C] or [R, C] -> [R, C] (a view where possible)."""
+def _as_bpc(x: torch.Tensor) -> torch.Tensor:
+    """[B, P, C], [rows, C] or [B, C, H, W] -> a [B, P, C] view (never a copy)."""
     if x.dim() == 3:
-        return x.reshape(-1, x.shape[-1])
-    if x.dim() == 2:
         return x
-    raise ValueError(f"activations must be [B, P, C] or [rows, C], got shape {tuple(x.shape)}")
+    if x.dim() == 2:
+        return x.unsqueeze(0)
+    if x.dim() == 4:
+        return x.flatten(2).transpose(1, 2)
+    raise ValueError(f"activations must be [B, P, C], [rows, C] or [B, C, H, W], got shape {tuple(x.shape)}")
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    x = _as_bpc(x)
+    return x.reshape(-1, x.shape[-1])
 
 
 def _check(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int) -> torch.Tensor:
+    """Validate the arguments; returns x as a [B, P, C] view."""
     if not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
     if not x.is_floating_point():
         raise TypeError(f"activations must be floating point, got {x.dtype}")
-    rows = _as_rows(x)
-    channels = rows.shape[-1]
+    bpc = _as_bpc(x)
+    channels = bpc.shape[-1]
     if mean.shape != (channels,) or std.shape != (channels,):
         raise ValueError(
             f"ranges cover {tuple(mean.shape)} / {tuple(std.shape)} neurons but activations have {channels}"
         )
-    return rows
+    return bpc
 
 
 def reference_neuron_histogram(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int
 ) -> torch.Tensor:
-    """Plain torch reference: int64 counts [C, bins] of activations x ([B, P, C] or [rows, C])."""
+    """Plain torch reference: int64 counts [C, bins] of activations x ([B, P, C], [rows, C] or [B, C, H, W])."""
     rows = _check(x, mean, std, bins)
+    rows = rows.reshape(-1, rows.shape[-1])
     channels = rows.shape[-1]
     device = rows.device
     mean = mean.to(device=device, dtype=torch.float64)
@@ -86,6 +110,123 @@ def reference_neuron_histogram(
     return counts.view(channels, bins)
 
 
+# ------------------------------------------------------------------------------------------ Triton
+
+if triton is not None:
+
+    @triton.jit
+    def _neuron_histogram_kernel(
+        x_ptr,  # activations, [B, P, C] with strides (sb, sp, sc); fp32 / fp16 / bf16 / fp64
+        mean_ptr,  # float64 [C]
+        std_ptr,  # float64 [C]
+        out_ptr,  # int64 [C, NBINS], accumulated into
+        R,  # rows = B * P
+        P,
+        C,
+        sb,
+        sp,
+        sc,
+        rows_per_prog,  # a multiple of BLOCK_R
+        NBINS: tl.constexpr,
+        NB_PAD: tl.constexpr,  # next power of two >= NBINS
+        BLOCK_R: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        """counts[c, k] += #{r : bin(x[r, c]) == k} for the rows [pid_r * rows_per_prog, ...) and
+        channels [pid_c * BLOCK_C, ...), with bin() the rule of this module, computed in float64."""
+        pid_r = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        lc = tl.arange(0, BLOCK_C)
+        cols = pid_c * BLOCK_C + lc
+        cmask = cols < C
+        mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
+        std = tl.load(std_ptr + cols, mask=cmask, other=1.0)
+        acc = tl.zeros([BLOCK_C * NB_PAD], dtype=tl.int32)
+        row_start = pid_r * rows_per_prog
+        for r0 in range(row_start, row_start + rows_per_prog, BLOCK_R):
+            rows = r0 + tl.arange(0, BLOCK_R)
+            rmask = rows < R
+            b = (rows // P).to(tl.int64)
+            p = (rows % P).to(tl.int64)
+            offs = b[:, None] * sb + p[:, None] * sp + cols[None, :].to(tl.int64) * sc
+            m = rmask[:, None] & cmask[None, :]
+            x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float64)
+            xn = (x - mean[None, :]) / std[None, :]
+            valid = m & (xn == xn)  # NaN is not counted
+            xn = tl.minimum(tl.maximum(xn, -1.0), 1.0)
+            pos = ((xn + 1.0) * NBINS / 2.0).to(tl.int32)
+            pos = tl.minimum(pos, NBINS - 1)
+            idx = tl.where(valid, lc[None, :] * NB_PAD + pos, 0)
+            acc += tl.histogram(
+                tl.reshape(idx, [BLOCK_R * BLOCK_C]),
+                BLOCK_C * NB_PAD,
+                mask=tl.reshape(valid, [BLOCK_R * BLOCK_C]),
+            )
+        counts = tl.reshape(acc, [BLOCK_C, NB_PAD]).to(tl.int64)
+        k = tl.arange(0, NB_PAD)
+        optr = out_ptr + cols[:, None].to(tl.int64) * NBINS + k[None, :]
+        tl.atomic_add(optr, counts, mask=cmask[:, None] & (k[None, :] < NBINS))
+
+
+def _blocks(rows: int, channels: int, bins: int) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_C, rows_per_prog): on-chip counts of BLOCK_C * next_pow2(bins) int32 per program."""
+    nb_pad = triton.next_power_of_2(bins)
+    block_c = max(1, min(triton.next_power_of_2(channels), 8192 // nb_pad, 16))
+    block_r = max(16, min(128, 4096 // block_c))
+    col_progs = triton.cdiv(channels, block_c)
+    # Enough programs to fill a large GPU a few times over; each covers many rows so that its one
+    # atomic flush of BLOCK_C * NBINS counts is amortised.
+    row_progs = max(1, min(triton.cdiv(rows, block_r), 1024 // col_progs))
+    rows_per_prog = triton.cdiv(triton.cdiv(rows, row_progs), block_r) * block_r
+    return block_r, block_c, rows_per_prog
+
+
+def triton_neuron_histogram(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int
+) -> torch.Tensor:
+    """Launcher: int64 counts [C, bins] by the Triton kernel (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
+    if triton is None:
+        raise RuntimeError("Triton is not installed; use reference_neuron_histogram")
+    bpc = _check(x, mean, std, bins)
+    if bpc.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"unsupported activation dtype {bpc.dtype}")
+    B, P, C = bpc.shape
+    out = torch.zeros(C, bins, dtype=torch.int64, device=bpc.device)
+    rows = B * P
+    if rows == 0 or C == 0:
+        return out
+    mean = mean.to(device=bpc.device, dtype=torch.float64).contiguous()
+    std = std.to(device=bpc.device, dtype=torch.float64).contiguous()
+    block_r, block_c, rows_per_prog = _blocks(rows, C, bins)
+    grid = (triton.cdiv(rows, rows_per_prog), triton.cdiv(C, block_c))
+    _neuron_histogram_kernel[grid](
+        bpc, mean, std, out, rows, P, C, *bpc.stride(), rows_per_prog,
+        NBINS=bins, NB_PAD=triton.next_power_of_2(bins), BLOCK_R=block_r, BLOCK_C=block_c,
+    )  # fmt: skip
+    return out
+
+
+# -------------------------------------------------------------------------------------- custom op
+
+
+@torch.library.custom_op("neuroprint::neuron_histogram", mutates_args=())
+def _neuron_histogram_op(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int) -> torch.Tensor:
+    return reference_neuron_histogram(x, mean, std, bins)
+
+
+@_neuron_histogram_op.register_fake
+def _(x, mean, std, bins):
+    channels = x.shape[1] if x.dim() == 4 else x.shape[-1]
+    return x.new_empty((channels, bins), dtype=torch.int64)
+
+
+if triton is not None:
+
+    @_neuron_histogram_op.register_kernel("cuda")
+    def _(x, mean, std, bins):
+        return triton_neuron_histogram(x, mean, std, bins)
+
+
 def neuron_histogram(
     x: torch.Tensor,
     mean: torch.Tensor,
@@ -93,8 +234,15 @@ def neuron_histogram(
     bins: int,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Counts [C, bins] (int64) of every neuron of one layer; added into ``out`` when given."""
-    counts = reference_neuron_histogram(x, mean, std, bins)
+    """Counts [C, bins] (int64) of every neuron of one layer; added into ``out`` when given.
+
+    x: [B, P, C], [rows, C] or [B, C, H, W] (any strides) in fp32/fp16/bf16/fp64; mean, std: float64 [C]
+    from `norm_params`. Runs the Triton kernel on CUDA, the torch reference elsewhere.
+    """
+    _check(x, mean, std, bins)
+    mean = mean.to(device=x.device, dtype=torch.float64)
+    std = std.to(device=x.device, dtype=torch.float64)
+    counts = _neuron_histogram_op(x, mean, std, bins)
     if out is None:
         return counts
     if out.shape != counts.shape or out.dtype != torch.int64:

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+
+# Triton kernels run on CPU tensors through Triton's interpreter when there is no GPU; the switch is read
+# when a kernel is defined, so it is set before anything imports neuroprint.
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover
+    pass
 from pathlib import Path
 
 import numpy as np

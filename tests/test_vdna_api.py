@@ -380,3 +380,26 @@ def test_ranges_from_vdna_json_layout(good_vdnas, tmp_path, image_sets):
     )
     with pytest.raises(VDNAFileError, match="malformed"):
         npt.load_ranges(tmp_path / "bad.json")
+
+
+def test_load_vdna_from_hub_uses_the_hub_client(good_vdnas, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    good_vdnas["gaussian"].save(tmp_path / "hub" / "sets" / "g")
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type):
+        calls.append((repo_id, filename, repo_type))
+        return str(tmp_path / "hub" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    v = npt.load_vdna_from_hub("someone/vdnas", "sets/g")
+    assert calls == [("someone/vdnas", "sets/g.json", "dataset"), ("someone/vdnas", "sets/g.npz", "dataset")]
+    assert v.num_images == good_vdnas["gaussian"].num_images
+
+    def offline(**kw):
+        raise OSError("We have no connection to the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(npt.WeightsError, match="cannot fetch sets/g.json"):
+        npt.load_vdna_from_hub("someone/vdnas", "sets/g")
