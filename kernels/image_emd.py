@@ -1,0 +1,195 @@
+"""Per-image EMD against reference histograms, without materialising per-image histograms.
+
+For image b and neuron c, the image's own distribution is the histogram of its P activations
+``x[b, :, c]`` binned with the rule of `neuron_histogram` (same ranges, N bins, NaN not counted); its
+score is vdna's EMD between that histogram and the reference histogram of neuron c::
+
+    score[b, c] = sum_k | F_b,c(k) - G_c(k) |,   F = cumsum(own counts) / #counted,  G = cumsum(ref) / sum(ref)
+
+in float64, in bin units. A neuron whose activations in an image are all NaN scores NaN.
+
+Layers: the Triton kernel (one program per (image, block of neurons): it bins the image's positions into
+counts kept on chip, scans them and compares with the reference CDF, so only [B, C] scores leave the
+chip), the launcher, the torch reference (per-image histograms built in bounded chunks), and
+`per_image_emd`, the custom op ``neuroprint::per_image_emd``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .histogram import _check as _check_hist
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+__all__ = ["per_image_emd", "reference_cdf", "reference_per_image_emd", "triton_per_image_emd"]
+
+
+def reference_cdf(ref_counts: torch.Tensor) -> torch.Tensor:
+    """float64 [C, N] cumulative distribution of reference histograms [C, N]."""
+    if ref_counts.dim() != 2:
+        raise ValueError(f"reference histograms must be [neurons, bins], got {tuple(ref_counts.shape)}")
+    return torch.cumsum(ref_counts / ref_counts.sum(dim=1, dtype=torch.float64, keepdim=True), dim=1)
+
+
+def _check(x, mean, std, ref_counts):
+    bins = ref_counts.shape[-1] if ref_counts.dim() == 2 else -1
+    bpc = _check_hist(x, mean, std, bins if bins > 0 else 1)
+    if ref_counts.dim() != 2 or ref_counts.shape[0] != bpc.shape[-1]:
+        raise ValueError(
+            f"reference histograms {tuple(ref_counts.shape)} do not match {bpc.shape[-1]} neurons of the activations"
+        )
+    return bpc, bins
+
+
+def reference_per_image_emd(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    ref_counts: torch.Tensor,
+    *,
+    chunk_cells: int = 1 << 24,
+) -> torch.Tensor:
+    """Torch reference: float64 [B, C] scores (per-image histograms built ``chunk_cells`` at a time)."""
+    bpc, bins = _check(x, mean, std, ref_counts)
+    B, P, C = bpc.shape
+    dev = bpc.device
+    mean = mean.to(device=dev, dtype=torch.float64)
+    std = std.to(device=dev, dtype=torch.float64)
+    g = reference_cdf(ref_counts.to(dev))
+    out = torch.empty(B, C, dtype=torch.float64, device=dev)
+    step = max(1, chunk_cells // max(1, C * bins))
+    offsets = torch.arange(C, device=dev, dtype=torch.int64) * bins
+    for s in range(0, B, step):
+        xb = bpc[s : s + step].to(torch.float64)
+        nb = xb.shape[0]
+        xn = ((xb - mean) / std).clamp_(-1.0, 1.0)
+        valid = ~torch.isnan(xn)
+        pos = ((xn + 1.0) * bins / 2.0).to(torch.int64).clamp_(max=bins - 1)
+        img = torch.arange(nb, device=dev, dtype=torch.int64).view(nb, 1, 1) * (C * bins)
+        flat = (pos + offsets + img)[valid]
+        hist = torch.bincount(flat, minlength=nb * C * bins).view(nb, C, bins)
+        f = torch.cumsum(hist / hist.sum(dim=2, dtype=torch.float64, keepdim=True), dim=2)
+        out[s : s + step] = (f - g).abs().sum(dim=2)
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _per_image_emd_kernel(
+        x_ptr,  # [B, P, C] with strides (sb, sp, sc)
+        mean_ptr,  # float64 [C]
+        std_ptr,  # float64 [C]
+        cdf_ptr,  # float64 [C, NBINS]: reference CDF
+        out_ptr,  # float64 [B, C]
+        P,
+        C,
+        sb,
+        sp,
+        sc,
+        NBINS: tl.constexpr,
+        NB_PAD: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        """out[b, c] = sum_k |cumsum(hist(x[b, :, c]))_k / n - cdf[c, k]| over the channels of this program."""
+        b = tl.program_id(0).to(tl.int64)
+        pid_c = tl.program_id(1)
+        lc = tl.arange(0, BLOCK_C)
+        cols = pid_c * BLOCK_C + lc
+        cmask = cols < C
+        mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
+        std = tl.load(std_ptr + cols, mask=cmask, other=1.0)
+        acc = tl.zeros([BLOCK_C * NB_PAD], dtype=tl.int32)
+        for p0 in range(0, P, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            m = (p[:, None] < P) & cmask[None, :]
+            offs = b * sb + p[:, None].to(tl.int64) * sp + cols[None, :].to(tl.int64) * sc
+            x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float64)
+            xn = (x - mean[None, :]) / std[None, :]
+            valid = m & (xn == xn)
+            xn = tl.minimum(tl.maximum(xn, -1.0), 1.0)
+            pos = tl.minimum(((xn + 1.0) * NBINS / 2.0).to(tl.int32), NBINS - 1)
+            idx = tl.where(valid, lc[None, :] * NB_PAD + pos, 0)
+            acc += tl.histogram(
+                tl.reshape(idx, [BLOCK_P * BLOCK_C]),
+                BLOCK_C * NB_PAD,
+                mask=tl.reshape(valid, [BLOCK_P * BLOCK_C]),
+            )
+        counts = tl.reshape(acc, [BLOCK_C, NB_PAD])
+        total = tl.sum(counts, axis=1).to(tl.float64)
+        own = tl.cumsum(counts, axis=1).to(tl.float64) / total[:, None]
+        k = tl.arange(0, NB_PAD)
+        km = cmask[:, None] & (k[None, :] < NBINS)
+        ref = tl.load(cdf_ptr + cols[:, None].to(tl.int64) * NBINS + k[None, :], mask=km, other=0.0)
+        score = tl.sum(tl.where(km, tl.abs(own - ref), 0.0), axis=1)
+        tl.store(out_ptr + b * C + cols, score, mask=cmask)
+
+
+def triton_per_image_emd(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, ref_counts: torch.Tensor
+) -> torch.Tensor:
+    """Launcher: float64 [B, C] by the Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    if triton is None:
+        raise RuntimeError("Triton is not installed; use reference_per_image_emd")
+    bpc, bins = _check(x, mean, std, ref_counts)
+    B, P, C = bpc.shape
+    dev = bpc.device
+    out = torch.empty(B, C, dtype=torch.float64, device=dev)
+    if B == 0 or C == 0:
+        return out
+    cdf = reference_cdf(ref_counts.to(dev)).contiguous()
+    mean = mean.to(device=dev, dtype=torch.float64).contiguous()
+    std = std.to(device=dev, dtype=torch.float64).contiguous()
+    nb_pad = triton.next_power_of_2(bins)
+    block_c = max(1, min(triton.next_power_of_2(C), 8192 // nb_pad, 16))
+    block_p = max(16, min(128, triton.next_power_of_2(max(P, 1)), 4096 // block_c))
+    grid = (B, triton.cdiv(C, block_c))
+    _per_image_emd_kernel[grid](
+        bpc, mean, std, cdf, out, P, C, *bpc.stride(),
+        NBINS=bins, NB_PAD=nb_pad, BLOCK_P=block_p, BLOCK_C=block_c,
+    )  # fmt: skip
+    return out
+
+
+@torch.library.custom_op("neuroprint::per_image_emd", mutates_args=())
+def _per_image_emd_op(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, ref_counts: torch.Tensor
+) -> torch.Tensor:
+    return reference_per_image_emd(x, mean, std, ref_counts)
+
+
+@_per_image_emd_op.register_fake
+def _(x, mean, std, ref_counts):
+    channels = x.shape[1] if x.dim() == 4 else x.shape[-1]
+    batch = x.shape[0] if x.dim() != 2 else 1
+    return x.new_empty((batch, channels), dtype=torch.float64)
+
+
+if triton is not None:
+
+    @_per_image_emd_op.register_kernel("cuda")
+    def _(x, mean, std, ref_counts):
+        return triton_per_image_emd(x, mean, std, ref_counts)
+
+
+def per_image_emd(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, ref_counts: torch.Tensor
+) -> torch.Tensor:
+    """float64 [B, C]: each image's EMD to the reference histograms ``ref_counts`` [C, N], per neuron.
+
+    x: [B, P, C] or [B, C, H, W]; mean, std: float64 [C] from `norm_params` of the reference's ranges.
+    """
+    _check(x, mean, std, ref_counts)
+    dev = x.device
+    return _per_image_emd_op(
+        x,
+        mean.to(device=dev, dtype=torch.float64),
+        std.to(device=dev, dtype=torch.float64),
+        ref_counts.to(dev),
+    )
