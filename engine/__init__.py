@@ -28,6 +28,7 @@ from ._errors import (
 from ._processor import VDNAProcessor, profile
 from ._ranges import Ranges, load_ranges
 from ._recipe import Recipe
+from ._scoring import emd_matrix, score_images
 from ._sources import Item, Source, open_source
 from ._vdna import (
     VDNA,
@@ -65,6 +66,7 @@ __all__ = [
     "__version__",
     "create_extractor",
     "earth_movers_distance",
+    "emd_matrix",
     "frechet_distance",
     "frechet_distance_1d",
     "get_vdna",
@@ -74,4 +76,5 @@ __all__ = [
     "load_vdna_from_hub",
     "open_source",
     "profile",
+    "score_images",
 ]

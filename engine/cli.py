@@ -18,6 +18,8 @@ EPILOG = textwrap.dedent(
       neuroprint profile set.parquet -o set_dna --ranges auto --weights random   # offline, no downloads
       neuroprint compare a_dna b_dna                                # EMD for histograms, FD for layer-gaussian
       neuroprint compare a_dna b_dna --layer block_3 --per-neuron per_neuron.parquet
+      neuroprint compare day1 day2 day3 day4 --matrix emd_matrix.parquet   # all pairs
+      neuroprint score new_images/ --reference ref_dna -o scores.parquet   # per-image EMD to a reference
       neuroprint profile real/ -o real --extractor inception --layers block_3 -d layer-gaussian
       neuroprint compare real fake --metric fd --layer block_3      # = FID (clean resize)
       neuroprint demo                                               # a self-contained tour, offline
@@ -107,16 +109,21 @@ def _parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser(
         "compare",
-        help="distance between two VDNAs",
+        help="distance between two VDNAs, or the distance matrix of many",
         description=(
             "Distance between two VDNAs of the same extractor and distribution: emd (histograms, in bins), "
             "nfd (neuron-wise Frechet distance of gaussian / layer-gaussian VDNAs) or fd (Frechet distance of "
             "layer-gaussian VDNAs; FID on Inception's block_3). By default the mean over all neurons "
-            "(fd: over layers)."
+            "(fd: over layers). With more than two VDNAs, every pair is compared (EMD on the batched kernel) "
+            "and --matrix writes the matrix as a Parquet table."
         ),
     )
-    cp.add_argument("a", help="first VDNA (NAME, NAME.json or NAME.npz)")
-    cp.add_argument("b", help="second VDNA")
+    cp.add_argument(
+        "vdnas", nargs="+", metavar="VDNA", help="two or more VDNAs (NAME, NAME.json or NAME.npz)"
+    )
+    cp.add_argument(
+        "--matrix", metavar="FILE.parquet", help="write every pair's distance (columns a, b, i, j, value)"
+    )
     cp.add_argument(
         "--metric",
         choices=["emd", "nfd", "fd"],
@@ -128,6 +135,26 @@ def _parser() -> argparse.ArgumentParser:
         "--per-neuron", metavar="FILE.parquet", help="also write every neuron's distance to a Parquet table"
     )
     cp.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    sp = sub.add_parser(
+        "score",
+        help="score every image by its EMD to a reference histogram VDNA (Parquet rows)",
+        description="Rank images by how far each one's own activation distribution is from a reference "
+        "VDNA (curation, drift attribution): one row per image with the mean EMD over all neurons and per "
+        "layer, using the reference's extractor, weights and ranges. Unreadable images are rows with ok=false.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sp.add_argument("source", help="folder, image file, .txt list or .parquet table")
+    sp.add_argument("--reference", required=True, help="histogram VDNA made by neuroprint")
+    sp.add_argument("-o", "--out", required=True, help="output Parquet file")
+    sp.add_argument(
+        "--weights", default=None, help="needed when the reference was made with a local checkpoint"
+    )
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--num-workers", type=int, default=None)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    sp.add_argument("-q", "--quiet", action="store_true")
 
     ip = sub.add_parser("info", help="describe a VDNA: extractor, weights, images, failures, ranges")
     ip.add_argument("vdna", help="VDNA (NAME, NAME.json or NAME.npz)")
@@ -210,6 +237,11 @@ def cmd_compare(args) -> int:
     from ._distances import EMD, FD, NFD
     from ._vdna import load_vdna_from_files
 
+    if len(args.vdnas) < 2:
+        raise CLIError("compare needs at least two VDNAs")
+    if len(args.vdnas) > 2 or args.matrix:
+        return _compare_many(args)
+    args.a, args.b = args.vdnas
     a = load_vdna_from_files(_vdna_path(args.a))
     b = load_vdna_from_files(_vdna_path(args.b))
     metric = args.metric or {"histogram": "emd", "layer-gaussian": "fd", "gaussian": "nfd"}.get(a.type)
@@ -240,6 +272,74 @@ def cmd_compare(args) -> int:
         )
     else:
         print(f"{metric.upper()} ({scope}): {value:.6g}")
+    return 0
+
+
+def _compare_many(args) -> int:
+    import numpy as np
+    import pyarrow as pa
+
+    from ._distances import FD, NFD
+    from ._scoring import emd_matrix, write_parquet
+    from ._vdna import load_vdna_from_files
+
+    if args.neuron is not None or args.per_neuron:
+        raise CLIError("--neuron and --per-neuron apply to a comparison of two VDNAs")
+    names = [_vdna_path(p) for p in args.vdnas]
+    vdnas = [load_vdna_from_files(n) for n in names]
+    metric = args.metric or {"histogram": "emd", "layer-gaussian": "fd", "gaussian": "nfd"}.get(vdnas[0].type)
+    if metric is None:
+        raise CLIError(f"no distance is defined on {vdnas[0].name} VDNAs")
+    n = len(vdnas)
+    if metric == "emd":
+        mat = emd_matrix(vdnas, use_neurons_from_layer=args.layer).numpy()
+    else:
+        fn = {"fd": FD, "nfd": NFD}[metric]
+        mat = np.zeros((n, n))
+        for i in range(n):
+            for j in range(i + 1, n):
+                mat[i, j] = mat[j, i] = float(fn(vdnas[i], vdnas[j], use_neurons_from_layer=args.layer))
+    if args.matrix:
+        ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        table = pa.table(
+            {
+                "a": pa.array([names[i] for i in ii.ravel()], pa.string()),
+                "b": pa.array([names[j] for j in jj.ravel()], pa.string()),
+                "i": pa.array(ii.ravel().astype(np.int32)),
+                "j": pa.array(jj.ravel().astype(np.int32)),
+                metric: pa.array(mat.ravel()),
+            }
+        )
+        write_parquet(table, args.matrix)
+    if args.json:
+        print(json.dumps({"metric": metric, "vdnas": names, "matrix": mat.tolist(), "layer": args.layer}))
+        return 0
+    width = max(len(Path(x).name) for x in names)
+    print(f"{metric.upper()} ({'layer ' + args.layer if args.layer else 'all layers'})")
+    print(" " * width + "".join(f" {i:>10d}" for i in range(n)))
+    for i, name in enumerate(names):
+        print(f"{Path(name).name:>{width}s}" + "".join(f" {v:10.4g}" for v in mat[i]))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from ._scoring import score_images, write_parquet
+    from ._vdna import load_vdna_from_files
+
+    ref = load_vdna_from_files(_vdna_path(args.reference))
+    table = score_images(
+        args.source,
+        ref,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=_dtype(args.dtype),
+        progress=not args.quiet,
+    )
+    write_parquet(table, args.out)
+    ok = table.column("ok").to_pylist()
+    print(f"{args.out}: {sum(ok)} images scored, {len(ok) - sum(ok)} unreadable")
     return 0
 
 
@@ -340,6 +440,7 @@ def cmd_demo(args) -> int:
 COMMANDS = {
     "profile": cmd_profile,
     "compare": cmd_compare,
+    "score": cmd_score,
     "info": cmd_info,
     "merge": cmd_merge,
     "extractors": cmd_extractors,
