@@ -124,3 +124,28 @@ def test_custom_op_is_registered_and_traceable(monkeypatch):
     ):
         torch._dynamo.reset()
         torch.compile(broken, backend="aot_eager", fullgraph=True)(x)
+
+
+@pytest.mark.parametrize("name", ["timm:test_resnet", "timm:test_vit"])
+def test_extractor_and_histogram_compile_without_graph_breaks(monkeypatch, name):
+    """The hot path of make_vdna (extractor taps + histogram op per layer) is one graph under torch.compile."""
+    import torch._dynamo
+
+    from neuroprint.extractors import create_extractor
+
+    monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)
+    ex = create_extractor(name, weights="random")
+    params = {k: kh.norm_params(-np.full(c, 3.0), np.full(c, 3.0)) for k, c in ex.layers.items()}
+
+    def step(x):
+        feats = ex(x)
+        return [kh.neuron_histogram(feats[k], *params[k], 50) for k in ex.layers]
+
+    h, w = ex.recipe.size
+    x = torch.randn(2, 3, h, w)
+    with torch._dynamo.config.patch(disable=False), torch.inference_mode():
+        torch._dynamo.reset()
+        got = torch.compile(step, backend="aot_eager", fullgraph=True)(x)
+        want = step(x)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
