@@ -81,15 +81,38 @@ def _json_path(file_path) -> Path:
     return Path(file_path).with_suffix(".json")
 
 
-def _read_npz(file_path) -> dict[str, np.ndarray]:
-    path = _npz_path(file_path)
-    if not path.is_file():
-        raise VDNAFileError(f"VDNA data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise VDNAFileError(f"cannot read VDNA data {path}: {type(err).__name__}: {err}") from err
+class _NpzReader:
+    """Lazy, pickle-free access to the arrays of a VDNA npz.
+
+    Only the arrays a VDNA kind needs are read: vdna 0.1.1 also writes one empty pickled object array
+    per layer into gaussian, layer-gaussian and activation-ranges files (a side effect of its saving
+    code), which must be skipped, never unpickled.
+    """
+
+    def __init__(self, file_path):
+        self.path = _npz_path(file_path)
+        if not self.path.is_file():
+            raise VDNAFileError(f"VDNA data file not found: {self.path}")
+        try:
+            self._z = np.load(self.path, allow_pickle=False)
+            self.files = list(self._z.files)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise VDNAFileError(f"cannot read VDNA data {self.path}: {type(err).__name__}: {err}") from err
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.files
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._z[key]
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise VDNAFileError(f"cannot read {key!r} from {self.path}: {type(err).__name__}: {err}") from err
+
+    def close(self) -> None:
+        self._z.close()
 
 
 class VDNA:
@@ -138,7 +161,11 @@ class VDNA:
     def load(self, file_path: str | os.PathLike, device: str = "cpu") -> None:
         meta = _read_json(file_path)
         self._load_metadata(meta, file_path)
-        self._load_arrays(_read_npz(file_path), meta.get("distribution", {}), file_path)
+        arrays = _NpzReader(file_path)
+        try:
+            self._load_arrays(arrays, meta.get("distribution", {}), file_path)
+        finally:
+            arrays.close()
         self.to(device)
         self.loaded_from_path = str(file_path)
 
