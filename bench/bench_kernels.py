@@ -92,7 +92,10 @@ def main() -> None:
         for _ in range(args.layers)
     ]
     rng = np.random.default_rng(0)
-    params = [kh.norm_params(-np.abs(rng.normal(4, 1, args.channels)), np.abs(rng.normal(4, 1, args.channels))) for _ in feats]
+    params = [
+        kh.norm_params(-np.abs(rng.normal(4, 1, args.channels)), np.abs(rng.normal(4, 1, args.channels)))
+        for _ in feats
+    ]
     means = [m.to(dev) for m, _ in params]
     stds = [s.to(dev) for _, s in params]
     values = args.batch * args.tokens * args.channels * args.layers
@@ -101,13 +104,17 @@ def main() -> None:
           f"{args.bins} bins ({values / 1e6:.1f} M values) on {res['device']}")  # fmt: skip
 
     impls = {
-        "reference": lambda: [kh.reference_neuron_histogram(x, m, s, args.bins) for x, m, s in zip(feats, means, stds)],
+        "reference": lambda: [
+            kh.reference_neuron_histogram(x, m, s, args.bins) for x, m, s in zip(feats, means, stds)
+        ],
         "bincount": lambda: bincount_histograms(feats, means, stds, args.bins),
     }
     if not args.skip_vdna:
         impls["vdna"] = lambda: vdna_histograms([f.float() for f in feats], means, stds, args.bins)
     if dev.type == "cuda" and kh.triton is not None:
-        impls["triton"] = lambda: [kh.triton_neuron_histogram(x, m, s, args.bins) for x, m, s in zip(feats, means, stds)]
+        impls["triton"] = lambda: [
+            kh.triton_neuron_histogram(x, m, s, args.bins) for x, m, s in zip(feats, means, stds)
+        ]
     ours = "triton" if "triton" in impls else "reference"
     want = impls["reference"]()
     times = {}
@@ -137,15 +144,21 @@ def main() -> None:
         res["forward_s"] = t_fwd
 
     # ------------------------------------------------------------------------------------------ EMD
-    a = torch.randint(0, 500, (args.sets, args.neurons, args.bins), generator=g, dtype=torch.int64).to(torch.int32)
+    a = torch.randint(0, 500, (args.sets, args.neurons, args.bins), generator=g, dtype=torch.int64).to(
+        torch.int32
+    )
     cells = args.sets * args.sets * args.neurons * args.bins
-    print(f"EMD: all {args.sets}x{args.sets} pairs of {args.neurons} neurons x {args.bins} bins ({cells / 1e9:.2f} G cells)")
+    print(
+        f"EMD: all {args.sets}x{args.sets} pairs of {args.neurons} neurons x {args.bins} bins ({cells / 1e9:.2f} G cells)"
+    )
     ad = a.to(dev)
     eimpls = {"reference": lambda: ke.reference_batched_emd(ad, ad)}
     if not args.skip_vdna:
         from vdna.utils.stats import earth_movers_distance
 
-        eimpls["vdna"] = lambda: [earth_movers_distance(a[i], a[j]) for i in range(args.sets) for j in range(args.sets)]
+        eimpls["vdna"] = lambda: [
+            earth_movers_distance(a[i], a[j]) for i in range(args.sets) for j in range(args.sets)
+        ]
     an = a.numpy()
 
     def numpy_emd():
@@ -172,7 +185,9 @@ def main() -> None:
     if eours == "triton":
         # Each pair reads both histograms twice (sums, then the scan).
         read = 4 * 4 * cells
-        print(f"  triton achieved read bandwidth: {read / etimes['triton'] / 1e9:.1f} GB/s (4 reads of int32 per cell)")
+        print(
+            f"  triton achieved read bandwidth: {read / etimes['triton'] / 1e9:.1f} GB/s (4 reads of int32 per cell)"
+        )
     res["emd_s"] = etimes
     if args.out:
         with open(args.out, "w") as f:

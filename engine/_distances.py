@@ -3,7 +3,7 @@
 Differences from vdna, none of which changes a definition:
 - Everything is computed in float64 (vdna computes NFD in the stored float32 and averages FD layers
   in float32); vectorised over neurons instead of vdna's per-neuron Python loops.
-- FD's trace term uses a symmetric eigendecomposition: tr sqrt(S1 S2) = sum sqrt(eig(sqrt(S1) S2 sqrt(S1))),
+- FD's trace term uses a symmetric eigendecomposition: tr sqrt(S1 S2) = sum sqrt(eig(L^T S2 L)), S1 = L L^T,
   which equals scipy's sqrtm-based value for covariance matrices and is much faster.
 - Bad arguments and incompatible VDNAs raise `IncompatibleVDNAError`/`ValueError` with a one-line
   reason (vdna asserts); VDNAs on different devices are compared on the first one's device.
@@ -45,7 +45,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> torch.Tensor:
     """Frechet distance between two multivariate Gaussians (FID's formula), in float64.
 
     ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2), with tr sqrt(S1 S2) computed from the
-    eigenvalues of the symmetric PSD matrix sqrt(S1) S2 sqrt(S1), which has the same spectrum as S1 S2.
+    eigenvalues of the symmetric PSD matrix L^T S2 L (S1 = L L^T; or sqrt(S1) S2 sqrt(S1) when S1 is
+    singular), which has the same spectrum as S1 S2.
     """
     mu1 = torch.atleast_1d(torch.as_tensor(mu1, dtype=torch.float64))
     mu2 = torch.atleast_1d(torch.as_tensor(mu2, dtype=torch.float64)).to(mu1.device)
@@ -59,8 +60,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> torch.Tensor:
     # Symmetrise: covariances read from files may carry rounding asymmetry.
     s1 = (s1 + s1.T) / 2
     s2 = (s2 + s2.T) / 2
-    r1 = _sqrt_psd(s1)
-    m = r1 @ s2 @ r1
+    # S1 = L L^T makes L^T S2 L similar to S1 S2: one Cholesky instead of a second eigendecomposition.
+    # A singular S1 (fewer samples than dimensions) has no Cholesky factor; its PSD square root serves.
+    chol, info = torch.linalg.cholesky_ex(s1)
+    if int(info) == 0:
+        m = chol.T @ s2 @ chol
+    else:
+        r1 = _sqrt_psd(s1)
+        m = r1 @ s2 @ r1
     eig = torch.linalg.eigvalsh((m + m.T) / 2)
     tr_covmean = eig.clamp(min=0).sqrt().sum()
     diff = mu1 - mu2

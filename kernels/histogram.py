@@ -86,40 +86,57 @@ def _check(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int) ->
     return bpc
 
 
+def _bin_chunk(chunk, xn, pos, mean, std, offsets, bins: int, counts: torch.Tensor) -> None:
+    """Bin one chunk into ``counts`` using the buffers ``xn`` (float64) and ``pos`` (int64) of its shape."""
+    xn.copy_(chunk)
+    xn.sub_(mean).div_(std).clamp_(-1.0, 1.0)
+    nan = torch.isnan(xn)
+    xn.add_(1.0).mul_(bins / 2.0)
+    pos.copy_(xn)  # truncation toward zero, as histc's cast
+    pos.clamp_(max=bins - 1).add_(offsets)
+    flat = pos[~nan] if bool(nan.any()) else pos.view(-1)
+    counts += torch.bincount(flat, minlength=counts.numel())
+
+
 def reference_neuron_histogram(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int
 ) -> torch.Tensor:
     """Plain torch reference: int64 counts [C, bins] of activations x ([B, P, C], [rows, C] or [B, C, H, W]).
 
-    It is also the CPU path, so it works through the rows in chunks with reused buffers and in-place ops:
-    large temporaries would cost more in page faults than the arithmetic. The arithmetic is the formula
-    above, op by op; ``* (bins / 2)`` equals ``* bins / 2`` exactly (scaling by 0.5 is exact in binary).
+    It is also the CPU path, so it works in chunks with reused buffers and in-place ops (large
+    temporaries cost more in page faults than the arithmetic), and in the memory order of the input:
+    channel-major for CNN maps ([B, C, H*W] underneath), row-major for token layouts, so that the float64
+    copy never transposes. The arithmetic is the formula above, op by op; ``* (bins / 2)`` equals
+    ``* bins / 2`` exactly (scaling by 0.5 is exact in binary).
     """
-    rows = _check(x, mean, std, bins)
-    rows = rows.reshape(-1, rows.shape[-1])
-    channels = rows.shape[-1]
-    device = rows.device
+    bpc = _check(x, mean, std, bins)
+    B, P, C = bpc.shape
+    device = bpc.device
     mean = mean.to(device=device, dtype=torch.float64)
     std = std.to(device=device, dtype=torch.float64)
-    offsets = torch.arange(channels, device=device, dtype=torch.int64) * bins
-    counts = torch.zeros(channels * bins, dtype=torch.int64, device=device)
-    step = max(1, min(rows.shape[0], _CHUNK_ELEMENTS // max(channels, 1)))
-    xbuf = torch.empty(step, channels, dtype=torch.float64, device=device)
-    ibuf = torch.empty(step, channels, dtype=torch.int64, device=device)
-    half_bins = bins / 2.0
+    offsets = torch.arange(C, device=device, dtype=torch.int64) * bins
+    counts = torch.zeros(C * bins, dtype=torch.int64, device=device)
+    if B * P * C == 0:
+        return counts.view(C, bins)
+    if P > 1 and C > 1 and bpc.stride(1) == 1:
+        # Channel-major: each image is a contiguous [C, P] block.
+        cbp = bpc.transpose(1, 2)
+        step = max(1, min(B, _CHUNK_ELEMENTS // (C * P)))
+        xbuf = torch.empty(step, C, P, dtype=torch.float64, device=device)
+        ibuf = torch.empty(step, C, P, dtype=torch.int64, device=device)
+        m, s, o = mean.view(C, 1), std.view(C, 1), offsets.view(C, 1)
+        for start in range(0, B, step):
+            n = min(step, B - start)
+            _bin_chunk(cbp[start : start + n], xbuf[:n], ibuf[:n], m, s, o, bins, counts)
+        return counts.view(C, bins)
+    rows = bpc.reshape(-1, C)
+    step = max(1, min(rows.shape[0], _CHUNK_ELEMENTS // C))
+    xbuf = torch.empty(step, C, dtype=torch.float64, device=device)
+    ibuf = torch.empty(step, C, dtype=torch.int64, device=device)
     for start in range(0, rows.shape[0], step):
-        chunk = rows[start : start + step]
-        n = chunk.shape[0]
-        xn, pos = xbuf[:n], ibuf[:n]
-        xn.copy_(chunk)
-        xn.sub_(mean).div_(std).clamp_(-1.0, 1.0)
-        nan = torch.isnan(xn)
-        xn.add_(1.0).mul_(half_bins)
-        pos.copy_(xn)  # truncation toward zero, as histc's cast
-        pos.clamp_(max=bins - 1).add_(offsets)
-        flat = pos[~nan] if bool(nan.any()) else pos.view(-1)
-        counts += torch.bincount(flat, minlength=channels * bins)
-    return counts.view(channels, bins)
+        n = min(step, rows.shape[0] - start)
+        _bin_chunk(rows[start : start + n], xbuf[:n], ibuf[:n], mean, std, offsets, bins, counts)
+    return counts.view(C, bins)
 
 
 # ------------------------------------------------------------------------------------------ Triton

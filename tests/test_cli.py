@@ -39,7 +39,18 @@ def cli_ranges(image_sets, tmp_path_factory):
 
 
 def test_profile_and_compare(image_sets, cli_ranges, tmp_path, capsys):
-    code, out, _ = run(capsys, "profile", image_sets["good"], "-o", tmp_path / "a", "-d", "histogram-50", "--ranges", cli_ranges, *COMMON)
+    code, out, _ = run(
+        capsys,
+        "profile",
+        image_sets["good"],
+        "-o",
+        tmp_path / "a",
+        "-d",
+        "histogram-50",
+        "--ranges",
+        cli_ranges,
+        *COMMON,
+    )
     assert code == 0 and "histogram-50 of 6 images" in out
     assert (tmp_path / "a.json").is_file() and (tmp_path / "a.npz").is_file()
     code, out, _ = run(
@@ -56,7 +67,16 @@ def test_profile_and_compare(image_sets, cli_ranges, tmp_path, capsys):
     assert res["metric"] == "emd" and res["value"] == pytest.approx(float(EMD(a, b)), rel=1e-12)
 
     pq_path = tmp_path / "per_neuron.parquet"
-    code, out, _ = run(capsys, "compare", tmp_path / "a.json", tmp_path / "b-histogram-50.npz", "--layer", "layer2", "--per-neuron", pq_path)
+    code, out, _ = run(
+        capsys,
+        "compare",
+        tmp_path / "a.json",
+        tmp_path / "b-histogram-50.npz",
+        "--layer",
+        "layer2",
+        "--per-neuron",
+        pq_path,
+    )
     assert code == 0 and out.startswith("EMD (layer layer2)")
     table = pq.read_table(pq_path).to_pydict()
     assert table["layer"] == ["layer2"] * a.neurons_list["layer2"]
@@ -64,15 +84,39 @@ def test_profile_and_compare(image_sets, cli_ranges, tmp_path, capsys):
     per = EMD(a, b, use_neurons_from_layer="layer2", return_neuron_wise=True)["layer2"]
     assert table["emd"] == pytest.approx(per.tolist(), rel=1e-12)
 
-    code, out, _ = run(capsys, "compare", tmp_path / "a", tmp_path / "a", "--layer", "layer1", "--neuron", "2")
+    code, out, _ = run(
+        capsys, "compare", tmp_path / "a", tmp_path / "a", "--layer", "layer1", "--neuron", "2"
+    )
     assert code == 0 and "neuron 2" in out and out.strip().endswith(": 0")
 
 
 def test_info_merge_and_extractors(image_sets, cli_ranges, tmp_path, capsys):
-    run(capsys, "profile", image_sets["mixed"], "-o", tmp_path / "m", "-d", "histogram-50", "--ranges", cli_ranges, *COMMON)
+    run(
+        capsys,
+        "profile",
+        image_sets["mixed"],
+        "-o",
+        tmp_path / "m",
+        "-d",
+        "histogram-50",
+        "--ranges",
+        cli_ranges,
+        *COMMON,
+    )
     code, out, _ = run(capsys, "info", tmp_path / "m", "--failures")
     assert code == 0 and "4 unreadable" in out and "truncated.jpg" in out and "ranges" in out
-    run(capsys, "profile", image_sets["good"], "-o", tmp_path / "g", "-d", "histogram-50", "--ranges", cli_ranges, *COMMON)
+    run(
+        capsys,
+        "profile",
+        image_sets["good"],
+        "-o",
+        tmp_path / "g",
+        "-d",
+        "histogram-50",
+        "--ranges",
+        cli_ranges,
+        *COMMON,
+    )
     code, out, _ = run(capsys, "merge", tmp_path / "m", tmp_path / "g", "-o", tmp_path / "mg")
     assert code == 0 and "of 15 images" in out
     code, out, _ = run(capsys, "extractors")
@@ -85,7 +129,10 @@ def test_info_merge_and_extractors(image_sets, cli_ranges, tmp_path, capsys):
         (["profile", "{root}/empty", "-o", "{tmp}/x"], "no images found"),
         (["profile", "{root}/nowhere", "-o", "{tmp}/x"], "source not found"),
         (["profile", "{root}/good", "-o", "{tmp}/x", "-d", "histogram-0"], "histogram"),
-        (["profile", "{root}/good", "-o", "{tmp}/x", "--ranges", "{root}/nope.json"], "ranges file not found"),
+        (
+            ["profile", "{root}/good", "-o", "{tmp}/x", "--ranges", "{root}/nope.json"],
+            "ranges file not found",
+        ),
         (["profile", "{root}/good", "-o", "{tmp}/x", "--extractor", "not_a_net"], "unknown extractor"),
         (["profile", "{root}/good", "-o", "{tmp}/x", "--weights", "{root}/missing.pt"], "weights="),
         (["compare", "{tmp}/none", "{tmp}/none"], "not found"),
@@ -105,13 +152,48 @@ def test_bad_input_is_one_line_and_nonzero(image_sets, tmp_path, capsys, argv, m
 def test_all_images_unreadable(image_sets, tmp_path, capsys, cli_ranges):
     listing = tmp_path / "bad.txt"
     listing.write_text("\n".join(str(p) for p in image_sets["bad"].values()))
-    code, _, err = run(capsys, "profile", listing, "-o", tmp_path / "x", "-d", "histogram-50", "--ranges", cli_ranges, *COMMON)
+    code, _, err = run(
+        capsys,
+        "profile",
+        listing,
+        "-o",
+        tmp_path / "x",
+        "-d",
+        "histogram-50",
+        "--ranges",
+        cli_ranges,
+        *COMMON,
+    )
     assert_one_line_error(code, err, "none of the 4 images")
 
 
 def test_mismatched_and_malformed_vdnas(image_sets, cli_ranges, tmp_path, capsys):
-    run(capsys, "profile", image_sets["good"], "-o", tmp_path / "h", "-d", "histogram-50", "--ranges", cli_ranges, *COMMON)
-    run(capsys, "profile", image_sets["good"], "-o", tmp_path / "auto", "-d", "histogram-50", "--ranges", "auto", "--num-images", "2", *COMMON)
+    run(
+        capsys,
+        "profile",
+        image_sets["good"],
+        "-o",
+        tmp_path / "h",
+        "-d",
+        "histogram-50",
+        "--ranges",
+        cli_ranges,
+        *COMMON,
+    )
+    run(
+        capsys,
+        "profile",
+        image_sets["good"],
+        "-o",
+        tmp_path / "auto",
+        "-d",
+        "histogram-50",
+        "--ranges",
+        "auto",
+        "--num-images",
+        "2",
+        *COMMON,
+    )
     run(capsys, "profile", image_sets["good"], "-o", tmp_path / "g", "-d", "gaussian", *COMMON)
     code, _, err = run(capsys, "compare", tmp_path / "h", tmp_path / "auto")
     assert_one_line_error(code, err, "different activation ranges")
@@ -152,6 +234,11 @@ def test_help_teaches(capsys):
 def test_console_script_entry_point(tmp_path):
     """The installed `neuroprint` command itself (not just main()) runs and fails cleanly."""
     exe = os.path.join(os.path.dirname(sys.executable), "neuroprint")
-    proc = subprocess.run([exe, "compare", str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [exe, "compare", str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("neuroprint compare: error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.strip().startswith("neuroprint compare: error:")
+        and len(proc.stderr.strip().splitlines()) == 1
+    )
