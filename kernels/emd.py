@@ -56,22 +56,35 @@ def _check(a: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor | None) -> torc
     return pairs
 
 
-def _normalised(h: torch.Tensor) -> torch.Tensor:
-    return h / torch.sum(h, dim=-1, dtype=torch.float64, keepdim=True)
-
-
 def reference_batched_emd(
-    a: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor | None = None, *, chunk_cells: int = 1 << 25
+    a: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor | None = None, *, chunk_cells: int = 1 << 17
 ) -> torch.Tensor:
-    """Torch reference: float64 [M, R] EMD of every pair and neuron (memory bounded by ``chunk_cells``)."""
+    """Torch reference: float64 [M, R] EMD of every pair and neuron.
+
+    The CPU path too: row sums are taken once per set, and each pair is streamed through two small
+    reused float64 buffers (``chunk_cells`` cells, cache-sized), so no [pairs, R, N] temporary exists.
+    """
     pairs = _check(a, b, pairs)
     m, (r, n) = pairs.shape[0], a.shape[1:]
-    out = torch.empty(m, r, dtype=torch.float64, device=a.device)
-    step = max(1, chunk_cells // max(1, r * n))
-    for s in range(0, m, step):
-        p = pairs[s : s + step]
-        diff = _normalised(a[p[:, 0]]) - _normalised(b[p[:, 1]])
-        out[s : s + step] = torch.abs(torch.cumsum(diff, dim=-1)).sum(dim=-1)
+    dev = a.device
+    b = b.to(dev)
+    out = torch.empty(m, r, dtype=torch.float64, device=dev)
+    if m == 0 or r == 0:
+        return out
+    sa = a.sum(dim=-1, dtype=torch.float64, keepdim=True)
+    sb = b.sum(dim=-1, dtype=torch.float64, keepdim=True)
+    step = max(1, min(r, chunk_cells // max(n, 1)))
+    buf1 = torch.empty(step, n, dtype=torch.float64, device=dev)
+    buf2 = torch.empty(step, n, dtype=torch.float64, device=dev)
+    for k, (i, j) in enumerate(pairs.tolist()):
+        for r0 in range(0, r, step):
+            rows = min(step, r - r0)
+            x, y = buf1[:rows], buf2[:rows]
+            torch.div(a[i, r0 : r0 + rows], sa[i, r0 : r0 + rows], out=x)
+            torch.div(b[j, r0 : r0 + rows], sb[j, r0 : r0 + rows], out=y)
+            x.sub_(y)
+            torch.cumsum(x, dim=1, out=y)
+            torch.sum(y.abs_(), dim=1, out=out[k, r0 : r0 + rows])
     return out
 
 

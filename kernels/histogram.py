@@ -20,6 +20,9 @@ and the reference elsewhere.
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 import torch
 
@@ -86,6 +89,22 @@ def _check(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int) ->
     return bpc
 
 
+_workspace = threading.local()
+
+
+def _buffer(name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A per-thread scratch tensor reused across calls: fresh large CPU allocations are page-faulted
+    in on every call, which costs more than the binning itself."""
+    numel = math.prod(shape)
+    key = (name, dtype, str(device))
+    cache = _workspace.__dict__.setdefault("buffers", {})
+    buf = cache.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        cache[key] = buf
+    return buf[:numel].view(shape)
+
+
 def _bin_chunk(chunk, xn, pos, mean, std, offsets, bins: int, counts: torch.Tensor) -> None:
     """Bin one chunk into ``counts`` using the buffers ``xn`` (float64) and ``pos`` (int64) of its shape."""
     xn.copy_(chunk)
@@ -122,8 +141,8 @@ def reference_neuron_histogram(
         # Channel-major: each image is a contiguous [C, P] block.
         cbp = bpc.transpose(1, 2)
         step = max(1, min(B, _CHUNK_ELEMENTS // (C * P)))
-        xbuf = torch.empty(step, C, P, dtype=torch.float64, device=device)
-        ibuf = torch.empty(step, C, P, dtype=torch.int64, device=device)
+        xbuf = _buffer("x", (step, C, P), torch.float64, device)
+        ibuf = _buffer("i", (step, C, P), torch.int64, device)
         m, s, o = mean.view(C, 1), std.view(C, 1), offsets.view(C, 1)
         for start in range(0, B, step):
             n = min(step, B - start)
@@ -131,8 +150,8 @@ def reference_neuron_histogram(
         return counts.view(C, bins)
     rows = bpc.reshape(-1, C)
     step = max(1, min(rows.shape[0], _CHUNK_ELEMENTS // C))
-    xbuf = torch.empty(step, C, dtype=torch.float64, device=device)
-    ibuf = torch.empty(step, C, dtype=torch.int64, device=device)
+    xbuf = _buffer("x", (step, C), torch.float64, device)
+    ibuf = _buffer("i", (step, C), torch.int64, device)
     for start in range(0, rows.shape[0], step):
         n = min(step, rows.shape[0] - start)
         _bin_chunk(rows[start : start + n], xbuf[:n], ibuf[:n], mean, std, offsets, bins, counts)
