@@ -264,11 +264,25 @@ class VDNA:
                 f"malformed VDNA metadata {_json_path(file_path)}: missing or bad {err}"
             ) from err
 
-    def _arrays(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError  # pragma: no cover
+    # Kinds whose data is {layer: {field: tensor}} list their fields: (name, npz dtype, is a matrix).
+    # vdna's npz keys are "<field>-<layer>".
+    _fields: tuple[tuple[str, type, bool], ...] = ()
 
-    def _load_arrays(self, arrays: dict[str, np.ndarray], dist_meta: dict, file_path) -> None:
-        raise NotImplementedError  # pragma: no cover
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {
+            f"{name}-{layer}": d[name].cpu().numpy().astype(dtype)
+            for layer, d in self.data.items()
+            for name, dtype, _ in self._fields
+        }
+
+    def _load_arrays(self, arrays, dist_meta: dict, file_path) -> None:
+        self.data = {
+            layer: {
+                name: self._need(arrays, f"{name}-{layer}", (n, n) if matrix else (n,), file_path)
+                for name, dtype, matrix in self._fields
+            }
+            for layer, n in self.neurons_list.items()
+        }
 
     def _merged_data(self, other: VDNA) -> dict:
         raise NotImplementedError  # pragma: no cover
@@ -373,6 +387,7 @@ class VDNAGauss(VDNA):
     """Per-neuron Gaussians: ``data[layer] = {"mu": [n], "var": [n]}``."""
 
     type = "gaussian"
+    _fields = (("mu", np.float32, False), ("var", np.float32, False))
 
     def get_neuron_dist(self, layer_name: str, neuron_idx: int) -> dict[str, torch.Tensor]:
         d = self.data[layer_name]
@@ -385,22 +400,6 @@ class VDNAGauss(VDNA):
         return {
             "mu": torch.cat([d["mu"] for d in self.data.values()]),
             "var": torch.cat([d["var"] for d in self.data.values()]),
-        }
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        out = {}
-        for layer, d in self.data.items():
-            out["mu-" + layer] = d["mu"].cpu().numpy().astype(np.float32)
-            out["var-" + layer] = d["var"].cpu().numpy().astype(np.float32)
-        return out
-
-    def _load_arrays(self, arrays, dist_meta, file_path) -> None:
-        self.data = {
-            layer: {
-                "mu": self._need(arrays, "mu-" + layer, (n,), file_path),
-                "var": self._need(arrays, "var-" + layer, (n,), file_path),
-            }
-            for layer, n in self.neurons_list.items()
         }
 
     def _merged_data(self, other: VDNA) -> dict:
@@ -420,6 +419,7 @@ class VDNALayerGauss(VDNA):
     """One Gaussian per layer: ``data[layer] = {"mu": [n], "sigma": [n, n]}`` (float64)."""
 
     type = "layer-gaussian"
+    _fields = (("mu", np.float64, False), ("sigma", np.float64, True))
 
     def get_neuron_dist(self, layer_name: str, neuron_idx: int):
         d = self.data[layer_name]
@@ -430,22 +430,6 @@ class VDNALayerGauss(VDNA):
 
     def get_all_neurons_dists(self):
         return self.data
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        out = {}
-        for layer, d in self.data.items():
-            out["mu-" + layer] = d["mu"].cpu().numpy().astype(np.float64)
-            out["sigma-" + layer] = d["sigma"].cpu().numpy().astype(np.float64)
-        return out
-
-    def _load_arrays(self, arrays, dist_meta, file_path) -> None:
-        self.data = {
-            layer: {
-                "mu": self._need(arrays, "mu-" + layer, (n,), file_path),
-                "sigma": self._need(arrays, "sigma-" + layer, (n, n), file_path),
-            }
-            for layer, n in self.neurons_list.items()
-        }
 
     def _merged_data(self, other: VDNA) -> dict:
         out = {}
@@ -467,6 +451,7 @@ class VDNAActivationRanges(VDNA):
     """Per-neuron activation ranges: ``data[layer] = {"min": [n], "max": [n]}``."""
 
     type = "activation-ranges"
+    _fields = (("min", np.float32, False), ("max", np.float32, False))
 
     def get_neuron_dist(self, layer_name: str, neuron_idx: int):
         d = self.data[layer_name]
@@ -488,22 +473,6 @@ class VDNAActivationRanges(VDNA):
             {k: d["max"].double().cpu().numpy() for k, d in self.data.items()},
             origin or f"vdna:{self.loaded_from_path}",
         )
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        out = {}
-        for layer, d in self.data.items():
-            out["min-" + layer] = d["min"].cpu().numpy().astype(np.float32)
-            out["max-" + layer] = d["max"].cpu().numpy().astype(np.float32)
-        return out
-
-    def _load_arrays(self, arrays, dist_meta, file_path) -> None:
-        self.data = {
-            layer: {
-                "min": self._need(arrays, "min-" + layer, (n,), file_path),
-                "max": self._need(arrays, "max-" + layer, (n,), file_path),
-            }
-            for layer, n in self.neurons_list.items()
-        }
 
     def _merged_data(self, other: VDNA) -> dict:
         return {

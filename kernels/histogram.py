@@ -100,7 +100,10 @@ def _buffer(name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -
     cache = _workspace.__dict__.setdefault("buffers", {})
     buf = cache.get(key)
     if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=dtype, device=device)
+        # A normal tensor even when first needed under inference_mode, so that later calls outside it
+        # may still write into it.
+        with torch.inference_mode(False):
+            buf = torch.empty(numel, dtype=dtype, device=device)
         cache[key] = buf
     return buf[:numel].view(shape)
 

@@ -149,3 +149,15 @@ def test_extractor_and_histogram_compile_without_graph_breaks(monkeypatch, name)
         want = step(x)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+def test_reference_workspace_survives_inference_mode_switches():
+    mean, std = kh.norm_params(-np.ones(3), np.ones(3))
+    x = torch.randn(2, 5, 3)
+    kh._workspace.__dict__.clear()  # the first buffers are made under inference_mode
+    with torch.inference_mode():
+        a = kh.reference_neuron_histogram(x, mean, std, 7)
+    b = kh.reference_neuron_histogram(x, mean, std, 7)  # same workspace, now outside inference mode
+    with torch.inference_mode():
+        c = kh.reference_neuron_histogram(x, mean, std, 7)
+    assert torch.equal(a, b) and torch.equal(b, c)
