@@ -166,6 +166,16 @@ def reference_neuron_histogram(
 if triton is not None:
 
     @triton.jit
+    def bin_tile(x, mean, std, mask, lc, NBINS: tl.constexpr, NB_PAD: tl.constexpr):
+        """The binning rule on a [rows, BLOCK_C] tile: returns (index into BLOCK_C * NB_PAD on-chip
+        counts, whether the value counts). NaN and masked-out values do not count."""
+        xn = (x.to(tl.float64) - mean[None, :]) / std[None, :]
+        valid = mask & (xn == xn)
+        xn = tl.minimum(tl.maximum(xn, -1.0), 1.0)
+        pos = tl.minimum(((xn + 1.0) * NBINS / 2.0).to(tl.int32), NBINS - 1)
+        return tl.where(valid, lc[None, :] * NB_PAD + pos, 0), valid
+
+    @triton.jit
     def _neuron_histogram_kernel(
         x_ptr,  # activations, [B, P, C] with strides (sb, sp, sc); fp32 / fp16 / bf16 / fp64
         mean_ptr,  # float64 [C]
@@ -201,13 +211,8 @@ if triton is not None:
             p = (rows % P).to(tl.int64)
             offs = b[:, None] * sb + p[:, None] * sp + cols[None, :].to(tl.int64) * sc
             m = rmask[:, None] & cmask[None, :]
-            x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float64)
-            xn = (x - mean[None, :]) / std[None, :]
-            valid = m & (xn == xn)  # NaN is not counted
-            xn = tl.minimum(tl.maximum(xn, -1.0), 1.0)
-            pos = ((xn + 1.0) * NBINS / 2.0).to(tl.int32)
-            pos = tl.minimum(pos, NBINS - 1)
-            idx = tl.where(valid, lc[None, :] * NB_PAD + pos, 0)
+            x = tl.load(x_ptr + offs, mask=m, other=0.0)
+            idx, valid = bin_tile(x, mean, std, m, lc, NBINS, NB_PAD)
             acc += tl.histogram(
                 tl.reshape(idx, [BLOCK_R * BLOCK_C]),
                 BLOCK_C * NB_PAD,

@@ -21,6 +21,11 @@ import torch
 from .histogram import _check as _check_hist
 
 try:
+    from .histogram import bin_tile
+except ImportError:  # pragma: no cover - no Triton
+    bin_tile = None
+
+try:
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the install
@@ -110,12 +115,8 @@ if triton is not None:
             p = p0 + tl.arange(0, BLOCK_P)
             m = (p[:, None] < P) & cmask[None, :]
             offs = b * sb + p[:, None].to(tl.int64) * sp + cols[None, :].to(tl.int64) * sc
-            x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float64)
-            xn = (x - mean[None, :]) / std[None, :]
-            valid = m & (xn == xn)
-            xn = tl.minimum(tl.maximum(xn, -1.0), 1.0)
-            pos = tl.minimum(((xn + 1.0) * NBINS / 2.0).to(tl.int32), NBINS - 1)
-            idx = tl.where(valid, lc[None, :] * NB_PAD + pos, 0)
+            x = tl.load(x_ptr + offs, mask=m, other=0.0)
+            idx, valid = bin_tile(x, mean, std, m, lc, NBINS, NB_PAD)
             acc += tl.histogram(
                 tl.reshape(idx, [BLOCK_P * BLOCK_C]),
                 BLOCK_C * NB_PAD,
