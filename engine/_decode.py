@@ -246,6 +246,7 @@ class Batch:
     items: list[Item]  # the items whose rows are in ``pixels``, in order
     pixels: torch.Tensor  # float32 [len(items), 3, H, W]
     failures: list[tuple[Item, str]] = field(default_factory=list)  # (item, one-line reason)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # decoded (width, height) of each item
 
 
 class ImageLoader:
@@ -291,12 +292,12 @@ class ImageLoader:
     def _rng_for(self, item: Item) -> np.random.Generator:
         return np.random.default_rng([self.seed, zlib.crc32(item.id.encode("utf-8"))])
 
-    def load(self, item: Item) -> tuple[torch.Tensor | None, str | None]:
-        """One item -> (pixels, None) or (None, reason)."""
+    def load(self, item: Item) -> tuple[torch.Tensor | None, str | tuple[int, int]]:
+        """One item -> (pixels, (width, height)) or (None, reason)."""
         try:
             img = decode_image(self.source.read(item))
             rng = self._rng_for(item) if self.recipe.crop == "random" else None
-            return preprocess(img, self.recipe, rng), None
+            return preprocess(img, self.recipe, rng), (int(img.shape[1]), int(img.shape[0]))
         except DecodeError as e:
             reason = _one_line(e)
         except Exception as e:  # one bad item must never end the job; the reason goes to its failure row
@@ -304,21 +305,22 @@ class ImageLoader:
         logger.debug("skipping %s: %s", item.uri, reason)
         return None, reason
 
-    def _collate(self, chunk: list[Item], results: list[tuple[torch.Tensor | None, str | None]]) -> Batch:
-        ok_items, tensors, failures = [], [], []
-        for item, (tensor, reason) in zip(chunk, results):
+    def _collate(self, chunk: list[Item], results: list[tuple[torch.Tensor | None, object]]) -> Batch:
+        ok_items, tensors, failures, sizes = [], [], [], []
+        for item, (tensor, info) in zip(chunk, results):
             if tensor is None:
-                failures.append((item, reason))
+                failures.append((item, info))
             else:
                 ok_items.append(item)
                 tensors.append(tensor)
+                sizes.append(info)
         height, width = self.recipe.size
         pixels = torch.empty(
             (len(tensors), 3, height, width), dtype=torch.float32, pin_memory=self.pin_memory
         )
         if tensors:
             torch.stack(tensors, out=pixels)
-        return Batch(items=ok_items, pixels=pixels, failures=failures)
+        return Batch(items=ok_items, pixels=pixels, failures=failures, sizes=sizes)
 
     def __iter__(self) -> Iterator[Batch]:
         items, bs = self.items, self.batch_size

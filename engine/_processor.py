@@ -217,6 +217,28 @@ def profile(
     if failures:
         logger.warning("%d of %d images could not be read and were skipped", len(failures), len(src))
 
+    data_settings = {
+        "source": _json_source(source.describe() if isinstance(source, Source) else source),
+        "crop_to_square_pre_resize": crop,
+        "resize_mode": recipe.resize,
+        "shuffle_files": bool(shuffle),
+        "num_images": int(num_images),
+    }
+    extraction = {
+        "num_workers": workers,
+        "batch_size": int(batch_size),
+        "device": str(dev),
+        "seed": int(seed),
+    }
+    return build_vdnas(
+        names, reducers, ex, recipe, dtype, src, failures, hist_ranges, data_settings, extraction
+    )
+
+
+def build_vdnas(
+    names, reducers, ex, recipe, dtype, src, failures, hist_ranges, data_settings, extraction
+) -> dict[str, VDNA]:
+    """VDNA objects from finished reducers, with vdna's settings fields and neuroprint's metadata."""
     from . import __version__
 
     meta = {
@@ -232,25 +254,12 @@ def profile(
             {"id": it.id, "uri": it.uri, "reason": reason} for it, reason in failures[:MAX_LISTED_FAILURES]
         ],
     }
-    data_settings = {
-        "source": _json_source(source.describe() if isinstance(source, Source) else source),
-        "crop_to_square_pre_resize": crop,
-        "resize_mode": recipe.resize,
-        "shuffle_files": bool(shuffle),
-        "num_images": int(num_images),
-    }
-    extraction = {
-        "num_workers": workers,
-        "batch_size": int(batch_size),
-        "device": str(dev),
-        "seed": int(seed),
-    }
-
     out = {}
-    for name, (kind, bins), reducer in zip(names, kinds, reducers):
+    for name, reducer in zip(names, reducers):
+        kind, bins = parse_distribution(name)
         vdna = get_vdna(name)
         vdna.data = reducer.result()
-        vdna.num_images = used
+        vdna.num_images = reducer.count
         vdna.feature_extractor_name = ex.name
         vdna.neurons_list = dict(ex.layers)
         vdna.data_settings_used.update(data_settings)

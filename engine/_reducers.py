@@ -9,6 +9,7 @@ histogram counts are integers, and moments are merged with Chan et al.'s pairwis
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from neuroprint.kernels.histogram import neuron_histogram, norm_params
@@ -81,6 +82,27 @@ class Reducer:
     def result(self) -> dict:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The exact partial state as plain arrays (for npz files written by job shards)."""
+        out = {"count": np.array(self.count, dtype=np.int64)}
+        for name in self._state_fields:
+            for layer, t in getattr(self, name).items():
+                out[f"{name}/{layer}"] = t.detach().cpu().numpy()
+        return out
+
+    def load_state(self, arrays) -> Reducer:
+        """Restore a state written by `state` (into a reducer built with the same layers)."""
+        self.count = int(arrays["count"])
+        for name in self._state_fields:
+            target = getattr(self, name)
+            for layer in self.layers:
+                key = f"{name}/{layer}"
+                if key in arrays:
+                    target[layer] = torch.from_numpy(np.array(arrays[key]))
+        return self
+
+    _state_fields: tuple[str, ...] = ()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layers={len(self.layers)}, images={self.count})"
 
@@ -89,6 +111,7 @@ class HistogramReducer(Reducer):
     """Per-neuron int64 histograms over every position of every image, binned with vdna's normalisation."""
 
     kind = "histogram"
+    _state_fields = ("counts",)
 
     def __init__(self, layers: dict[str, int], bins: int, ranges: Ranges, device="cpu"):
         super().__init__(layers)
@@ -127,6 +150,18 @@ class _MomentReducer(Reducer):
     """Count, mean and centred second moment of per-image spatial means, in float64."""
 
     full_covariance = False
+    _state_fields = ("mean", "m2")
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = super().state()
+        for layer, n in self.n.items():
+            out[f"n/{layer}"] = np.array(n, dtype=np.int64)
+        return out
+
+    def load_state(self, arrays) -> _MomentReducer:
+        super().load_state(arrays)
+        self.n = {layer: int(arrays[f"n/{layer}"]) for layer in self.layers}
+        return self
 
     def __init__(self, layers: dict[str, int]):
         super().__init__(layers)
@@ -211,6 +246,7 @@ class ActivationRangesReducer(Reducer):
     """Per-neuron min and max over every position of every image: vdna's "activation-ranges"."""
 
     kind = "activation-ranges"
+    _state_fields = ("min", "max")
 
     def __init__(self, layers: dict[str, int]):
         super().__init__(layers)

@@ -58,7 +58,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     pr.add_argument("source", help="folder, image file, .txt list or .parquet table")
-    pr.add_argument("-o", "--out", required=True, help="output name: writes OUT.json + OUT.npz")
+    pr.add_argument("-o", "--out", help="output name: writes OUT.json + OUT.npz")
+    pr.add_argument(
+        "--out-dir",
+        help="run as a sharded, resumable job into this directory: per-image Parquet rows, VDNAs, manifest; "
+        "rerun the same command to resume after a crash",
+    )
+    pr.add_argument("--shard-size", type=int, default=1024, help="images per shard (with --out-dir)")
+    pr.add_argument(
+        "--embeddings", action="store_true", help="with --out-dir: add each image's pooled embedding"
+    )
     pr.add_argument("--extractor", default="mugs_vit_base", help="registered extractor or timm model name")
     pr.add_argument(
         "-d",
@@ -201,6 +210,14 @@ def cmd_profile(args) -> int:
     from ._processor import profile
 
     dists = args.distribution or ["histogram-1000"]
+    if (args.out is None) == (args.out_dir is None):
+        raise CLIError("give exactly one of -o/--out (VDNA files) and --out-dir (a sharded job)")
+    if args.out_dir is not None:
+        if args.num_images != -1 or args.shuffle:
+            raise CLIError(
+                "--num-images/--shuffle select images for -o; a job (--out-dir) takes the whole source"
+            )
+        return _profile_job(args, dists)
     out = _vdna_path(args.out)
     vdnas = profile(
         args.source,
@@ -230,6 +247,36 @@ def cmd_profile(args) -> int:
             else ""
         )
         print(f"{path}.json/.npz: {vdna.name} of {vdna.num_images} images{failed}")
+    return 0
+
+
+def _profile_job(args, dists) -> int:
+    from ._job import run_job
+
+    res = run_job(
+        args.source,
+        args.out_dir,
+        dists,
+        extractor=args.extractor,
+        weights=args.weights,
+        layers=args.layers,
+        ranges=args.ranges,
+        embeddings=args.embeddings,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=_dtype(args.dtype),
+        compile=args.compile,
+        seed=args.seed,
+        crop=args.crop,
+        resize_mode=args.resize_mode,
+        progress=not args.quiet,
+    )
+    print(
+        f"{res.out_dir}: {res.images_in} images in = {res.processed} processed + {res.failed} failed "
+        f"({res.shards_run} of {res.shards_total} shards computed now); VDNAs: {', '.join(res.vdnas)}"
+    )
     return 0
 
 

@@ -1,0 +1,371 @@
+"""Sharded, resumable jobs: one pass over the pixels writes per-image Parquet rows and dataset VDNAs.
+
+Output directory::
+
+    manifest.json            settings (and their digest), finished shards with their counts, summary
+    ranges.json              histogram bin ranges, fixed at the first run so that a resume bins the same way
+    rows/shard-00000.parquet one row per input item: id, uri, shard, status, error, width, height[, embedding]
+    partials/shard-00000.npz the shard's exact reducer states (integers and float64 moments; no pickle)
+    <distribution>.json/.npz the dataset VDNAs, merged from every shard's partial state
+    failures.parquet         the items that could not be read, with their reasons
+
+A shard counts as finished only once it is listed in the manifest, which is rewritten (temporary file,
+then rename) after both of its files are in place; a rerun of the same job skips finished shards and
+redoes the others, overwriting any half-written files, so no row is lost or duplicated and the final
+output equals a clean run's. A rerun with different settings is refused.
+
+This is the local runner (one process). The Ray runner and DALI decoding are separate work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._decode import ImageLoader
+from ._errors import NeuroprintError
+from ._processor import (
+    _CACHE,
+    _default_workers,
+    _json_source,
+    _progress,
+    _resolve_ranges,
+    build_vdnas,
+    resolve_device,
+)
+from ._ranges import Ranges
+from ._reducers import ActivationRangesReducer, make_reducer, parse_distribution
+from ._sources import open_source
+
+__all__ = ["JobError", "JobResult", "run_job"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+class JobError(NeuroprintError, RuntimeError):
+    """The output directory cannot be used for this job."""
+
+
+@dataclass
+class JobResult:
+    out_dir: Path
+    vdnas: dict  # distribution -> VDNA
+    images_in: int
+    processed: int
+    failed: int
+    shards_run: int  # shards computed by this call (the others were finished by an earlier run)
+    shards_total: int
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+    _write_atomic(path, w)
+
+
+def _row_schema(embedding_dim: int | None):
+    import pyarrow as pa
+
+    fields = [
+        ("id", pa.string()),
+        ("uri", pa.string()),
+        ("shard", pa.int32()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+    if embedding_dim:
+        fields.append(("embedding", pa.list_(pa.float32(), embedding_dim)))
+    return pa.schema(fields)
+
+
+def run_job(
+    source,
+    out_dir: str | os.PathLike,
+    distributions: str | Sequence[str] = "histogram-1000",
+    *,
+    extractor: str = "mugs_vit_base",
+    weights: str | os.PathLike = "default",
+    layers: Sequence[str] | None = None,
+    ranges=None,
+    embeddings: bool = False,
+    shard_size: int = 1024,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    compile: bool | None = None,
+    seed: int = 0,
+    crop: str = "none",
+    resize_mode: str | None = None,
+    progress: bool = True,
+    max_shards: int | None = None,
+) -> JobResult:
+    """Profile ``source`` into ``out_dir`` shard by shard; rerunning resumes (see the module docstring).
+
+    embeddings: also write each image's pooled embedding (the mean over positions/tokens of the last
+    tapped layer) as a fixed-size list column. max_shards: stop after computing this many shards (the
+    rest are done by a later call), e.g. to spread a job over several nightly windows.
+    Other arguments as `neuroprint.profile`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [distributions] if isinstance(distributions, str) else list(distributions)
+    kinds = [parse_distribution(n) for n in names]
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    out = Path(out_dir)
+    dev = resolve_device(device)
+    if compile is None:
+        compile = dev.type == "cuda"
+    src = open_source(source)
+    items = list(src)
+    shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+    ex, model = _CACHE.get(
+        extractor, weights=weights, layers=layers, device=dev, dtype=dtype, seed=seed, compile=compile
+    )
+    recipe = ex.recipe if crop == "none" else ex.recipe.with_(crop=crop)
+    if resize_mode is not None:
+        recipe = recipe.with_(resize=resize_mode)
+    workers = _default_workers() if num_workers is None else int(num_workers)
+
+    settings = {
+        "source": src.describe(),
+        "item_ids_sha256": hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest(),
+        "extractor": ex.name,
+        "weights": ex.weights_id,
+        "layers": ex.layers,
+        "recipe": recipe.to_dict(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "distributions": names,
+        "ranges": _describe_ranges_arg(ranges),
+        "embeddings": bool(embeddings),
+        "shard_size": int(shard_size),
+        "seed": int(seed),
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError as err:
+            raise JobError(
+                f"{manifest_path} is not readable JSON ({err}); remove it or use another directory"
+            ) from err
+        if manifest.get("settings_sha256") != digest:
+            old = manifest.get("settings", {})
+            changed = sorted(
+                k
+                for k in set(old) | set(settings)
+                if json.dumps(old.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)
+            )
+            raise JobError(
+                f"{out} holds a job with other settings (differs in: {', '.join(changed) or 'format'}); "
+                "use another output directory"
+            )
+        logger.info("resuming %s: %d of %d shards finished", out, len(manifest["finished"]), len(shards))
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise JobError(
+                f"{out} exists and is not a neuroprint job directory (no {MANIFEST}); use an empty or new directory"
+            )
+        manifest = {"settings_sha256": digest, "settings": settings, "finished": {}, "complete": False}
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    (out / "partials").mkdir(parents=True, exist_ok=True)
+    _write_json(manifest_path, manifest)
+
+    hist_ranges = None
+    if any(k == "histogram" for k, _ in kinds):
+        ranges_path = out / "ranges.json"
+        if ranges_path.is_file():
+            hist_ranges = Ranges.from_json(json.loads(ranges_path.read_text()))
+        else:
+
+            def auto_pass() -> Ranges:
+                r = ActivationRangesReducer(ex.layers)
+                loader = ImageLoader(src, recipe, batch_size=batch_size, num_workers=workers, seed=seed)
+                from ._processor import _empty, _run_pass
+
+                fails = _run_pass(loader, model, [r], dev, desc=f"ranges {ex.name}", progress=progress)
+                if r.count == 0:
+                    raise _empty(src, fails)
+                return r.to_ranges(origin=f"auto:{r.count} images of {src.kind}")
+
+            hist_ranges = _resolve_ranges(ranges, ex, weights, auto_pass)
+            _write_json(ranges_path, hist_ranges.to_json())
+
+    emb_layer = list(ex.layers)[-1]
+    emb_dim = ex.layers[emb_layer] if embeddings else None
+    schema = _row_schema(emb_dim)
+    todo = [k for k in range(len(shards)) if f"{k:05d}" not in manifest["finished"]]
+    if max_shards is not None:
+        todo = todo[: max(0, int(max_shards))]
+    done_images = sum(v["images"] for v in manifest["finished"].values())
+
+    with _progress(len(items), f"job {ex.name}", progress) as bar, torch.inference_mode():
+        bar.update(done_images)
+        for k in todo:
+            reducers = [make_reducer(n, ex.layers, ranges=hist_ranges, device=dev) for n in names]
+            loader = ImageLoader(
+                src,
+                recipe,
+                batch_size=batch_size,
+                num_workers=workers,
+                seed=seed,
+                items=shards[k],
+                pin_memory=dev.type == "cuda",
+            )
+            rows = {name: [] for name in schema.names}
+            failed = 0
+            for batch in loader:
+                if batch.items:
+                    feats = model(batch.pixels.to(dev, non_blocking=True))
+                    for r in reducers:
+                        r.update(feats)
+                    emb = feats[emb_layer].float().mean(dim=1).cpu().numpy() if embeddings else None
+                for i, (item, size) in enumerate(zip(batch.items, batch.sizes)):
+                    _append(rows, item, k, "ok", None, size, emb[i] if embeddings else None, embeddings)
+                for item, reason in batch.failures:
+                    _append(rows, item, k, "failed", reason, (None, None), None, embeddings)
+                    failed += 1
+                bar.update(len(batch.items) + len(batch.failures))
+                if failed:
+                    bar.set_postfix(failed=failed)
+            # Rows keep the source order within the shard.
+            order = {it.id: i for i, it in enumerate(shards[k])}
+            perm = sorted(range(len(rows["id"])), key=lambda i: order[rows["id"][i]])
+            table = pa.table({n: [rows[n][i] for i in perm] for n in schema.names}, schema=schema)
+            state = {}
+            for name, r in zip(names, reducers):
+                for key, arr in r.state().items():
+                    state[f"{name}:{key}"] = arr
+            _write_atomic(
+                out / "partials" / f"shard-{k:05d}.npz", lambda tmp, state=state: _savez(tmp, state)
+            )
+            _write_atomic(
+                out / "rows" / f"shard-{k:05d}.parquet", lambda tmp, table=table: pq.write_table(table, tmp)
+            )
+            manifest["finished"][f"{k:05d}"] = {"images": len(shards[k]), "failed": failed}
+            _write_json(manifest_path, manifest)
+
+    finished = len(manifest["finished"])
+    if finished < len(shards):
+        logger.info("%d of %d shards finished; rerun to continue", finished, len(shards))
+        return JobResult(out, {}, len(items), done_images, 0, len(todo), len(shards))
+    return _finish(
+        out,
+        manifest,
+        names,
+        ex,
+        recipe,
+        dtype,
+        src,
+        hist_ranges,
+        shards,
+        workers,
+        batch_size,
+        dev,
+        seed,
+        todo,
+    )
+
+
+def _describe_ranges_arg(ranges):
+    if ranges is None or isinstance(ranges, str):
+        return ranges
+    if isinstance(ranges, os.PathLike):
+        return os.fspath(ranges)
+    if isinstance(ranges, Ranges):
+        return f"sha256:{ranges.digest}"
+    return type(ranges).__name__
+
+
+def _savez(path: Path, arrays: dict) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _append(rows, item, shard, status, error, size, emb, embeddings) -> None:
+    rows["id"].append(item.id)
+    rows["uri"].append(item.uri)
+    rows["shard"].append(shard)
+    rows["status"].append(status)
+    rows["error"].append(error)
+    rows["width"].append(size[0])
+    rows["height"].append(size[1])
+    if embeddings:
+        rows["embedding"].append(None if emb is None else emb.astype(np.float32))
+
+
+def _finish(
+    out, manifest, names, ex, recipe, dtype, src, hist_ranges, shards, workers, batch_size, dev, seed, todo
+) -> JobResult:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ._sources import Item
+
+    merged = [make_reducer(n, ex.layers, ranges=hist_ranges) for n in names]
+    for k in range(len(shards)):
+        with np.load(out / "partials" / f"shard-{k:05d}.npz", allow_pickle=False) as z:
+            for name, r in zip(names, merged):
+                part = make_reducer(name, ex.layers, ranges=hist_ranges)
+                prefix = f"{name}:"
+                part.load_state({key[len(prefix) :]: z[key] for key in z.files if key.startswith(prefix)})
+                r.merge(part)
+    rows = pq.read_table(out / "rows", columns=["id", "uri", "status", "error"])
+    bad = rows.filter(pc.equal(rows["status"], "failed"))
+    pq.write_table(bad.select(["id", "uri", "error"]), out / "failures.parquet")
+    failures = [(Item(i, u), e) for i, u, e in zip(*(bad[c].to_pylist() for c in ("id", "uri", "error")))]
+    data_settings = {
+        "source": _json_source(src.describe()),
+        "crop_to_square_pre_resize": recipe.crop,
+        "resize_mode": recipe.resize,
+    }
+    extraction = {
+        "num_workers": workers,
+        "batch_size": int(batch_size),
+        "device": str(dev),
+        "seed": int(seed),
+    }
+    vdnas = {}
+    if merged[0].count > 0:
+        vdnas = build_vdnas(
+            names, merged, ex, recipe, dtype, src, failures, hist_ranges, data_settings, extraction
+        )
+        for name, v in vdnas.items():
+            v.save(out / name)
+    processed = rows.num_rows - bad.num_rows
+    manifest["complete"] = True
+    manifest["summary"] = {
+        "images_in": len(src),
+        "processed": processed,
+        "failed": bad.num_rows,
+        "rows": rows.num_rows,
+    }
+    _write_json(out / MANIFEST, manifest)
+    if rows.num_rows != len(src):
+        raise JobError(f"{out}: {rows.num_rows} rows for {len(src)} items; the directory was altered")
+    if processed == 0:
+        raise JobError(f"none of the {len(src)} images could be read; see {out / 'failures.parquet'}")
+    return JobResult(out, vdnas, len(src), processed, bad.num_rows, len(todo), len(shards))
