@@ -98,6 +98,90 @@ def _row_schema(embedding_dim: int | None):
     return pa.schema(fields)
 
 
+@dataclass
+class ShardSpec:
+    """Everything a worker needs to compute any shard of a job (picklable, for Ray actors)."""
+
+    source: object
+    extractor: str
+    weights: object
+    layers: list
+    device: str
+    dtype: torch.dtype
+    compile: bool
+    seed: int
+    recipe: object
+    names: list
+    ranges: Ranges | None
+    embeddings: bool
+    batch_size: int
+    num_workers: int
+
+
+class ShardWorker:
+    """Builds the decoder, backbone and reducers' settings once; computes shards into (rows, state)."""
+
+    def __init__(self, spec: ShardSpec, built=None):
+        self.spec = spec
+        self.dev = resolve_device(spec.device)
+        if built is None:
+            built = _CACHE.get(
+                spec.extractor,
+                weights=spec.weights,
+                layers=spec.layers,
+                device=self.dev,
+                dtype=spec.dtype,
+                seed=spec.seed,
+                compile=spec.compile,
+            )
+        self.ex, self.model = built
+        self.emb_layer = list(self.ex.layers)[-1]
+        self.schema = _row_schema(self.ex.layers[self.emb_layer] if spec.embeddings else None)
+
+    def run(self, k: int, shard_items, progress=None):
+        import pyarrow as pa
+
+        spec, ex = self.spec, self.ex
+        reducers = [make_reducer(n, ex.layers, ranges=spec.ranges, device=self.dev) for n in spec.names]
+        loader = ImageLoader(
+            spec.source,
+            spec.recipe,
+            batch_size=spec.batch_size,
+            num_workers=spec.num_workers,
+            seed=spec.seed,
+            items=shard_items,
+            pin_memory=self.dev.type == "cuda",
+        )
+        rows = {name: [] for name in self.schema.names}
+        failed = 0
+        with torch.inference_mode():
+            for batch in loader:
+                emb = None
+                if batch.items:
+                    feats = self.model(batch.pixels.to(self.dev, non_blocking=True))
+                    for r in reducers:
+                        r.update(feats)
+                    if spec.embeddings:
+                        emb = feats[self.emb_layer].float().mean(dim=1).cpu().numpy()
+                for i, (item, size) in enumerate(zip(batch.items, batch.sizes)):
+                    _append(rows, item, k, "ok", None, size, None if emb is None else emb[i], spec.embeddings)
+                for item, reason in batch.failures:
+                    _append(rows, item, k, "failed", reason, (None, None), None, spec.embeddings)
+                    failed += 1
+                if progress is not None:
+                    progress.update(len(batch.items) + len(batch.failures))
+                    if failed:
+                        progress.set_postfix(failed=failed)
+        # Rows keep the source order within the shard.
+        order = {it.id: i for i, it in enumerate(shard_items)}
+        perm = sorted(range(len(rows["id"])), key=lambda i: order[rows["id"][i]])
+        table = pa.table({n: [rows[n][i] for i in perm] for n in self.schema.names}, schema=self.schema)
+        state = {
+            f"{name}:{key}": arr for name, r in zip(spec.names, reducers) for key, arr in r.state().items()
+        }
+        return table, state, failed
+
+
 def run_job(
     source,
     out_dir: str | os.PathLike,
@@ -119,15 +203,19 @@ def run_job(
     resize_mode: str | None = None,
     progress: bool = True,
     max_shards: int | None = None,
+    ray: bool = False,
+    num_actors: int | None = None,
+    ray_address: str | None = None,
 ) -> JobResult:
     """Profile ``source`` into ``out_dir`` shard by shard; rerunning resumes (see the module docstring).
 
     embeddings: also write each image's pooled embedding (the mean over positions/tokens of the last
     tapped layer) as a fixed-size list column. max_shards: stop after computing this many shards (the
     rest are done by a later call), e.g. to spread a job over several nightly windows.
-    Other arguments as `neuroprint.profile`.
+    ray: run the shards on a pool of Ray actors (``num_actors``: one per GPU, else one per CPU slot;
+    ``ray_address``: an existing cluster, else a local one is started); the driver alone writes the
+    output, so results equal the local runner's. Other arguments as `neuroprint.profile`.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     names = [distributions] if isinstance(distributions, str) else list(distributions)
@@ -214,59 +302,45 @@ def run_job(
             hist_ranges = _resolve_ranges(ranges, ex, weights, auto_pass)
             _write_json(ranges_path, hist_ranges.to_json())
 
-    emb_layer = list(ex.layers)[-1]
-    emb_dim = ex.layers[emb_layer] if embeddings else None
-    schema = _row_schema(emb_dim)
     todo = [k for k in range(len(shards)) if f"{k:05d}" not in manifest["finished"]]
     if max_shards is not None:
         todo = todo[: max(0, int(max_shards))]
     done_images = sum(v["images"] for v in manifest["finished"].values())
 
-    with _progress(len(items), f"job {ex.name}", progress) as bar, torch.inference_mode():
+    spec = ShardSpec(
+        source=src,
+        extractor=extractor,
+        weights=weights,
+        layers=list(ex.layers),
+        device=str(dev),
+        dtype=dtype,
+        compile=compile,
+        seed=seed,
+        recipe=recipe,
+        names=names,
+        ranges=hist_ranges,
+        embeddings=embeddings,
+        batch_size=batch_size,
+        num_workers=workers,
+    )
+
+    def commit(k: int, table, state: dict, failed: int) -> None:
+        _write_atomic(out / "partials" / f"shard-{k:05d}.npz", lambda tmp: _savez(tmp, state))
+        _write_atomic(out / "rows" / f"shard-{k:05d}.parquet", lambda tmp: pq.write_table(table, tmp))
+        manifest["finished"][f"{k:05d}"] = {"images": len(shards[k]), "failed": failed}
+        _write_json(manifest_path, manifest)
+
+    with _progress(len(items), f"job {ex.name}", progress) as bar:
         bar.update(done_images)
-        for k in todo:
-            reducers = [make_reducer(n, ex.layers, ranges=hist_ranges, device=dev) for n in names]
-            loader = ImageLoader(
-                src,
-                recipe,
-                batch_size=batch_size,
-                num_workers=workers,
-                seed=seed,
-                items=shards[k],
-                pin_memory=dev.type == "cuda",
-            )
-            rows = {name: [] for name in schema.names}
-            failed = 0
-            for batch in loader:
-                if batch.items:
-                    feats = model(batch.pixels.to(dev, non_blocking=True))
-                    for r in reducers:
-                        r.update(feats)
-                    emb = feats[emb_layer].float().mean(dim=1).cpu().numpy() if embeddings else None
-                for i, (item, size) in enumerate(zip(batch.items, batch.sizes)):
-                    _append(rows, item, k, "ok", None, size, emb[i] if embeddings else None, embeddings)
-                for item, reason in batch.failures:
-                    _append(rows, item, k, "failed", reason, (None, None), None, embeddings)
-                    failed += 1
-                bar.update(len(batch.items) + len(batch.failures))
-                if failed:
-                    bar.set_postfix(failed=failed)
-            # Rows keep the source order within the shard.
-            order = {it.id: i for i, it in enumerate(shards[k])}
-            perm = sorted(range(len(rows["id"])), key=lambda i: order[rows["id"][i]])
-            table = pa.table({n: [rows[n][i] for i in perm] for n in schema.names}, schema=schema)
-            state = {}
-            for name, r in zip(names, reducers):
-                for key, arr in r.state().items():
-                    state[f"{name}:{key}"] = arr
-            _write_atomic(
-                out / "partials" / f"shard-{k:05d}.npz", lambda tmp, state=state: _savez(tmp, state)
-            )
-            _write_atomic(
-                out / "rows" / f"shard-{k:05d}.parquet", lambda tmp, table=table: pq.write_table(table, tmp)
-            )
-            manifest["finished"][f"{k:05d}"] = {"images": len(shards[k]), "failed": failed}
-            _write_json(manifest_path, manifest)
+        if ray:
+            from ._ray import run_shards_on_ray
+
+            run_shards_on_ray(spec, shards, todo, commit, bar, num_actors=num_actors, address=ray_address)
+        else:
+            worker = ShardWorker(spec, built=(ex, model))
+            for k in todo:
+                table, state, failed = worker.run(k, shards[k], progress=bar)
+                commit(k, table, state, failed)
 
     finished = len(manifest["finished"])
     if finished < len(shards):

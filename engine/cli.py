@@ -272,6 +272,9 @@ def _profile_job(args, dists) -> int:
         crop=args.crop,
         resize_mode=args.resize_mode,
         progress=not args.quiet,
+        ray=args.ray or args.ray_address is not None,
+        num_actors=args.num_actors,
+        ray_address=args.ray_address,
     )
     print(
         f"{res.out_dir}: {res.images_in} images in = {res.processed} processed + {res.failed} failed "

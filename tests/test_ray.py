@@ -1,0 +1,93 @@
+"""The Ray runner (local Ray, CPU actors): same output as the local runner, and survives a killed actor."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import TINY
+from test_job import assert_same_vdnas
+
+from neuroprint import profile
+from neuroprint._job import run_job
+
+ray = pytest.importorskip("ray")
+
+KW = dict(extractor=TINY, weights="random", batch_size=3, num_workers=1, progress=False, device="cpu")
+DISTS = ["histogram-40", "layer-gaussian"]
+
+
+@pytest.fixture(scope="module")
+def many(image_sets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray")
+    src = root / "images"
+    src.mkdir()
+    for i in range(24):
+        p = image_sets["good_paths"][i % 6]
+        shutil.copy(p, src / f"{i:03d}_{p.name}")
+    shutil.copy(image_sets["bad"]["truncated"], src / "zz_truncated.jpg")
+    profile(src, "activation-ranges", **KW)["activation-ranges"].save(root / "ranges")
+    return src, root / "ranges"
+
+
+def test_local_ray1_ray2_give_the_same_output(many, tmp_path):
+    src, ranges = many
+    local = run_job(src, tmp_path / "local", DISTS, ranges=ranges, shard_size=3, **KW)
+    one = run_job(src, tmp_path / "ray1", DISTS, ranges=ranges, shard_size=3, ray=True, num_actors=1, **KW)
+    two = run_job(src, tmp_path / "ray2", DISTS, ranges=ranges, shard_size=3, ray=True, num_actors=2, **KW)
+    assert local.processed == one.processed == two.processed == 24 and two.failed == 1
+    assert_same_vdnas(local.vdnas, one.vdnas)
+    assert_same_vdnas(local.vdnas, two.vdnas)
+    rows = [pq.read_table(tmp_path / d / "rows") for d in ("local", "ray1", "ray2")]
+    assert rows[0].equals(rows[1]) and rows[0].equals(rows[2])
+
+
+def test_killed_actor_loses_no_row(many, tmp_path):
+    src, ranges = many
+    out = tmp_path / "job"
+    result = {}
+
+    def job():
+        result["res"] = run_job(
+            src, out, DISTS, ranges=ranges, shard_size=1, ray=True, num_actors=2, **{**KW, "batch_size": 1}
+        )
+
+    t = threading.Thread(target=job)
+    t.start()
+    killed = False
+    deadline = time.time() + 180
+    while time.time() < deadline and t.is_alive() and not killed:
+        try:
+            finished = json.loads((out / "manifest.json").read_text())["finished"]
+        except (OSError, ValueError, KeyError):
+            finished = {}
+        if finished:
+            actor = ray.get_actor("neuroprint-shard-worker-0")
+            os.kill(ray.get(actor.pid.remote()), signal.SIGKILL)
+            killed = True
+        time.sleep(0.05)
+    t.join(timeout=300)
+    assert killed, "the job finished before an actor could be killed"
+    res = result["res"]
+    assert res.images_in == 25 == res.processed + res.failed
+    ids = pq.read_table(out / "rows").column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 25
+    clean = profile(src, DISTS, ranges=ranges, **{**KW, "batch_size": 1})
+    assert_same_vdnas(clean, res.vdnas)
+
+
+def test_cli_ray_job(many, tmp_path, capsys):
+    from neuroprint.cli import main
+
+    src, ranges = many
+    code = main(["profile", str(src), "--out-dir", str(tmp_path / "j"), "-d", "histogram-40", "--ranges", str(ranges),
+                 "--extractor", TINY, "--weights", "random", "--device", "cpu", "--shard-size", "8", "--ray",
+                 "--num-actors", "2", "-q"])  # fmt: skip
+    assert code == 0
+    assert "25 images in = 24 processed + 1 failed (4 of 4 shards computed now)" in capsys.readouterr().out
