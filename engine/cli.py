@@ -68,6 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--embeddings", action="store_true", help="with --out-dir: add each image's pooled embedding"
     )
+    pr.add_argument(
+        "--ray",
+        action="store_true",
+        help="with --out-dir: run shards on Ray actors (local Ray unless --ray-address)",
+    )
+    pr.add_argument(
+        "--num-actors", type=int, default=None, help="Ray actors [default: one per GPU, else per CPU]"
+    )
+    pr.add_argument(
+        "--ray-address", default=None, help="an existing Ray cluster (e.g. auto or ray://head:10001)"
+    )
     pr.add_argument("--extractor", default="mugs_vit_base", help="registered extractor or timm model name")
     pr.add_argument(
         "-d",
