@@ -43,6 +43,7 @@ from ._processor import (
 )
 from ._ranges import Ranges
 from ._reducers import ActivationRangesReducer, make_reducer, parse_distribution
+from ._scoring import ReferenceScorer
 from ._sources import open_source
 
 __all__ = ["JobError", "JobResult", "run_job"]
@@ -81,7 +82,7 @@ def _write_json(path: Path, obj) -> None:
     _write_atomic(path, w)
 
 
-def _row_schema(embedding_dim: int | None):
+def _row_schema(embedding_dim: int | None, references: Sequence[str] = ()):
     import pyarrow as pa
 
     fields = [
@@ -95,6 +96,7 @@ def _row_schema(embedding_dim: int | None):
     ]
     if embedding_dim:
         fields.append(("embedding", pa.list_(pa.float32(), embedding_dim)))
+    fields.extend((f"emd:{name}", pa.float64()) for name in references)
     return pa.schema(fields)
 
 
@@ -116,6 +118,7 @@ class ShardSpec:
     embeddings: bool
     batch_size: int
     num_workers: int
+    references: dict = None  # column name -> histogram VDNA, for per-image EMD columns
 
 
 class ShardWorker:
@@ -136,7 +139,9 @@ class ShardWorker:
             )
         self.ex, self.model = built
         self.emb_layer = list(self.ex.layers)[-1]
-        self.schema = _row_schema(self.ex.layers[self.emb_layer] if spec.embeddings else None)
+        refs = spec.references or {}
+        self.scorers = {name: ReferenceScorer(v, self.dev) for name, v in refs.items()}
+        self.schema = _row_schema(self.ex.layers[self.emb_layer] if spec.embeddings else None, list(refs))
 
     def run(self, k: int, shard_items, progress=None):
         import pyarrow as pa
@@ -156,17 +161,30 @@ class ShardWorker:
         failed = 0
         with torch.inference_mode():
             for batch in loader:
-                emb = None
+                emb, scores = None, {}
                 if batch.items:
                     feats = self.model(batch.pixels.to(self.dev, non_blocking=True))
                     for r in reducers:
                         r.update(feats)
                     if spec.embeddings:
                         emb = feats[self.emb_layer].float().mean(dim=1).cpu().numpy()
+                    scores = {name: scorer(feats)[0] for name, scorer in self.scorers.items()}
                 for i, (item, size) in enumerate(zip(batch.items, batch.sizes)):
-                    _append(rows, item, k, "ok", None, size, None if emb is None else emb[i], spec.embeddings)
+                    extra = {f"emd:{name}": float(v[i]) for name, v in scores.items()}
+                    _append(
+                        rows,
+                        item,
+                        k,
+                        "ok",
+                        None,
+                        size,
+                        None if emb is None else emb[i],
+                        spec.embeddings,
+                        extra,
+                    )
                 for item, reason in batch.failures:
-                    _append(rows, item, k, "failed", reason, (None, None), None, spec.embeddings)
+                    extra = dict.fromkeys((f"emd:{name}" for name in self.scorers), None)
+                    _append(rows, item, k, "failed", reason, (None, None), None, spec.embeddings, extra)
                     failed += 1
                 if progress is not None:
                     progress.update(len(batch.items) + len(batch.failures))
@@ -206,6 +224,7 @@ def run_job(
     ray: bool = False,
     num_actors: int | None = None,
     ray_address: str | None = None,
+    references: dict | None = None,
 ) -> JobResult:
     """Profile ``source`` into ``out_dir`` shard by shard; rerunning resumes (see the module docstring).
 
@@ -214,7 +233,8 @@ def run_job(
     rest are done by a later call), e.g. to spread a job over several nightly windows.
     ray: run the shards on a pool of Ray actors (``num_actors``: one per GPU, else one per CPU slot;
     ``ray_address``: an existing cluster, else a local one is started); the driver alone writes the
-    output, so results equal the local runner's. Other arguments as `neuroprint.profile`.
+    output, so results equal the local runner's. references: {column name: histogram VDNA (or its
+    path)}: adds each image's EMD to it (mean over its neurons) as a column ``emd:<name>``. Other arguments as `neuroprint.profile`.
     """
     import pyarrow.parquet as pq
 
@@ -237,6 +257,14 @@ def run_job(
         recipe = recipe.with_(resize=resize_mode)
     workers = _default_workers() if num_workers is None else int(num_workers)
 
+    refs = {}
+    for rname, ref in (references or {}).items():
+        if isinstance(ref, (str, os.PathLike)):
+            from ._vdna import load_vdna_from_files
+
+            ref = load_vdna_from_files(ref)
+        _check_job_reference(rname, ref, ex)
+        refs[str(rname)] = ref
     settings = {
         "source": src.describe(),
         "item_ids_sha256": hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest(),
@@ -248,6 +276,7 @@ def run_job(
         "distributions": names,
         "ranges": _describe_ranges_arg(ranges),
         "embeddings": bool(embeddings),
+        "references": {n: _vdna_digest(v) for n, v in refs.items()},
         "shard_size": int(shard_size),
         "seed": int(seed),
     }
@@ -322,6 +351,7 @@ def run_job(
         embeddings=embeddings,
         batch_size=batch_size,
         num_workers=workers,
+        references=refs,
     )
 
     def commit(k: int, table, state: dict, failed: int) -> None:
@@ -364,6 +394,31 @@ def run_job(
     )
 
 
+def _check_job_reference(name: str, ref, ex) -> None:
+    from ._errors import IncompatibleVDNAError
+
+    if ref.feature_extractor_name != ex.name:
+        raise IncompatibleVDNAError(
+            f"reference {name!r} was made with {ref.feature_extractor_name}, not {ex.name}"
+        )
+    wid = ref.meta.get("weights")
+    if wid is not None and wid != ex.weights_id:
+        raise IncompatibleVDNAError(f"reference {name!r} was made with weights {wid}, not {ex.weights_id}")
+    missing = [k for k in ref.neurons_list if k not in ex.layers]
+    if missing:
+        raise IncompatibleVDNAError(
+            f"reference {name!r} needs layers the job does not tap: {', '.join(missing)}"
+        )
+
+
+def _vdna_digest(vdna) -> str:
+    h = hashlib.sha256()
+    for layer, t in vdna.data.items():
+        h.update(layer.encode())
+        h.update(t.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _describe_ranges_arg(ranges):
     if ranges is None or isinstance(ranges, str):
         return ranges
@@ -379,7 +434,7 @@ def _savez(path: Path, arrays: dict) -> None:
         np.savez(f, **arrays)
 
 
-def _append(rows, item, shard, status, error, size, emb, embeddings) -> None:
+def _append(rows, item, shard, status, error, size, emb, embeddings, extra=None) -> None:
     rows["id"].append(item.id)
     rows["uri"].append(item.uri)
     rows["shard"].append(shard)
@@ -389,6 +444,8 @@ def _append(rows, item, shard, status, error, size, emb, embeddings) -> None:
     rows["height"].append(size[1])
     if embeddings:
         rows["embedding"].append(None if emb is None else emb.astype(np.float32))
+    for key, value in (extra or {}).items():
+        rows[key].append(value)
 
 
 def _finish(

@@ -17,6 +17,7 @@ from neuroprint.kernels.image_emd import per_image_emd
 from ._decode import ImageLoader
 from ._errors import IncompatibleVDNAError, WeightsError
 from ._processor import _CACHE, _progress, resolve_device
+from ._ranges import Ranges
 from ._sources import open_source
 from ._vdna import VDNA, VDNAHist, check_compatible
 
@@ -62,6 +63,42 @@ def emd_matrix(
     return batched_emd(ha, hb).view(len(a), len(b)).cpu()
 
 
+def _check_reference(reference) -> Ranges:
+    if not isinstance(reference, VDNAHist):
+        raise IncompatibleVDNAError(
+            f"scores need a histogram reference VDNA, got {getattr(reference, 'name', reference)}"
+        )
+    if reference.ranges is None:
+        raise IncompatibleVDNAError(
+            "the reference VDNA does not record its activation ranges (written by vdna?); "
+            "re-profile it with neuroprint so that images are binned the same way"
+        )
+    return reference.ranges
+
+
+class ReferenceScorer:
+    """Per-image EMD of a batch's activations to one reference histogram VDNA (its ranges, its bins)."""
+
+    def __init__(self, reference: VDNA, device):
+        ranges = _check_reference(reference)
+        self.layers = dict(reference.neurons_list)
+        self.total = sum(self.layers.values())
+        self.params = {
+            k: tuple(t.to(device) for t in norm_params(ranges.mins[k], ranges.maxs[k])) for k in self.layers
+        }
+        self.refs = {k: reference.data[k].to(device) for k in self.layers}
+
+    def __call__(self, feats) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(mean over all neurons [B], {layer: mean over the layer's neurons [B]})."""
+        per_layer, overall = {}, None
+        for k in self.layers:
+            s = per_image_emd(feats[k], *self.params[k], self.refs[k])
+            per_layer[k] = s.mean(dim=1).cpu().numpy()
+            part = s.sum(dim=1)
+            overall = part if overall is None else overall + part
+        return (overall / self.total).cpu().numpy(), per_layer
+
+
 def _weights_of(reference: VDNA, weights) -> str | os.PathLike:
     if weights is not None:
         return weights
@@ -97,16 +134,7 @@ def score_images(
     """
     import pyarrow as pa
 
-    if not isinstance(reference, VDNAHist):
-        raise IncompatibleVDNAError(
-            f"scores need a histogram reference VDNA, got {getattr(reference, 'name', reference)}"
-        )
-    ranges = reference.ranges
-    if ranges is None:
-        raise IncompatibleVDNAError(
-            "the reference VDNA does not record its activation ranges (written by vdna?); "
-            "re-profile it with neuroprint so that images are binned the same way"
-        )
+    ranges = _check_reference(reference)
     dev = resolve_device(device)
     seed = 0
     wid = reference.meta.get("weights", "")
@@ -128,8 +156,7 @@ def score_images(
     if rec:
         recipe = recipe.with_(resize=rec["resize"], crop=rec["crop"])
     layers = dict(reference.neurons_list)
-    params = {k: tuple(t.to(dev) for t in norm_params(ranges.mins[k], ranges.maxs[k])) for k in layers}
-    refs = {k: reference.data[k].to(dev) for k in layers}
+    scorer = ReferenceScorer(reference, dev)
     src = open_source(source)
     workers = max(1, min(8, os.cpu_count() or 2)) if num_workers is None else num_workers
     loader = ImageLoader(
@@ -138,21 +165,13 @@ def score_images(
 
     scores: dict[str, dict[str, np.ndarray]] = {}
     errors: dict[str, str] = {}
-    total = sum(layers.values())
     with _progress(len(src), f"score {ex.name}", progress) as bar, torch.inference_mode():
         for batch in loader:
             for item, reason in batch.failures:
                 errors[item.id] = reason
             if batch.items:
                 feats = model(batch.pixels.to(dev, non_blocking=True))
-                per_layer = {}
-                overall = None
-                for k in layers:
-                    s = per_image_emd(feats[k], *params[k], refs[k])
-                    per_layer[k] = s.mean(dim=1).cpu().numpy()
-                    part = s.sum(dim=1)
-                    overall = part if overall is None else overall + part
-                overall = (overall / total).cpu().numpy()
+                overall, per_layer = scorer(feats)
                 for i, item in enumerate(batch.items):
                     scores[item.id] = {"emd": overall[i], **{k: v[i] for k, v in per_layer.items()}}
             bar.update(len(batch.items) + len(batch.failures))

@@ -440,6 +440,53 @@ class ParquetSource(Source):
         }
 
 
+class TarSource(Source):
+    """WebDataset-style tar shards (``.tar``, or a folder / list of them): every image member is an item.
+
+    Ids are ``<tar file name>/<member path>`` (WebDataset's sample key plus the image extension), in
+    shard order and member order. The member offsets are read once when the source opens; reading an
+    item seeks straight to its bytes, so a shard is never unpacked.
+    """
+
+    kind = "webdataset"
+
+    def __init__(self, tars: Sequence[str | os.PathLike]) -> None:
+        import tarfile
+
+        self.tars = [os.path.abspath(t) for t in tars]
+        if not self.tars:
+            raise EmptySourceError("no .tar shards given")
+        items: list[Item] = []
+        for t in self.tars:
+            try:
+                with tarfile.open(t, "r:") as tf:
+                    for m in tf:
+                        if m.isfile() and _extension(m.name) in _EXTENSION_SET:
+                            name = os.path.basename(t)
+                            items.append(Item(id=f"{name}/{m.name}", uri=f"{t}#{m.name}", ref=(t, m.offset_data, m.size)))
+            except (OSError, tarfile.TarError) as e:
+                raise SourceError(f"cannot read tar shard {t}: {e}") from None
+        if not items:
+            raise EmptySourceError(f"no images found in the tar shards {', '.join(self.tars)}")
+        ids = _unique_ids([it.id for it in items])
+        super().__init__([Item(id=i, uri=it.uri, ref=it.ref) for i, it in zip(ids, items)])
+
+    def read(self, item: Item) -> bytes:
+        path, offset, size = item.ref
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+        except OSError as e:
+            raise DecodeError(f"cannot read {item.uri}: {e.strerror or e}") from None
+        if len(data) != size:
+            raise DecodeError(f"truncated tar member {item.uri}: {len(data)} of {size} bytes")
+        return data
+
+    def _describe(self) -> dict:
+        return {"shards": self.tars}
+
+
 def open_source(
     source,
     *,
@@ -470,6 +517,8 @@ def open_source(
             src = ArraySource(list(source))
         elif any(isinstance(a, np.ndarray) for a in source):
             raise SourceError("a list source must hold only paths or only arrays, not both")
+        elif source and all(str(a).lower().endswith(".tar") for a in source):
+            src = TarSource(source)
         else:
             src = PathsSource(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -487,15 +536,20 @@ def _open_path(path: str, path_column, bytes_column, id_column) -> Source:
     if not os.path.exists(path):
         raise SourceError(f"source not found: {path}")
     if os.path.isdir(path):
+        tars = sorted(e.path for e in os.scandir(path) if e.is_file() and e.name.lower().endswith(".tar"))
+        if tars and not any(_extension(e.name) in _EXTENSION_SET for e in os.scandir(path) if e.is_file()):
+            return TarSource(tars)  # a folder of WebDataset shards
         return FolderSource(path)
     ext = _extension(os.path.basename(path))
     if ext in _PARQUET_EXTENSIONS:
         return ParquetSource(path, path_column=path_column, bytes_column=bytes_column, id_column=id_column)
     if ext in _LIST_EXTENSIONS:
         return ListFileSource(path)
+    if ext == "tar":
+        return TarSource([path])
     if ext in _EXTENSION_SET:
         return PathsSource([path], kind="file")
     raise SourceError(
         f"cannot use {path} as a source: expected a folder, an image file ({', '.join(IMAGE_EXTENSIONS)}), "
-        f"a .txt list or a .parquet/.pq table"
+        f"a .txt list, a .parquet/.pq table or a WebDataset .tar shard"
     )

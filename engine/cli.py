@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "--num-actors", type=int, default=None, help="Ray actors [default: one per GPU, else per CPU]"
     )
     pr.add_argument(
+        "--reference",
+        action="append",
+        metavar="[NAME=]VDNA",
+        help="with --out-dir: add each image's EMD to this histogram VDNA as column emd:NAME (repeatable)",
+    )
+    pr.add_argument(
         "--ray-address", default=None, help="an existing Ray cluster (e.g. auto or ray://head:10001)"
     )
     pr.add_argument("--extractor", default="mugs_vit_base", help="registered extractor or timm model name")
@@ -261,6 +267,18 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _references(specs) -> dict:
+    refs = {}
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(_vdna_path(spec)).name, spec
+        if name in refs:
+            raise CLIError(f"--reference name {name!r} given twice")
+        refs[name] = _vdna_path(path)
+    return refs
+
+
 def _profile_job(args, dists) -> int:
     from ._job import run_job
 
@@ -283,6 +301,7 @@ def _profile_job(args, dists) -> int:
         crop=args.crop,
         resize_mode=args.resize_mode,
         progress=not args.quiet,
+        references=_references(args.reference),
         ray=args.ray or args.ray_address is not None,
         num_actors=args.num_actors,
         ray_address=args.ray_address,
