@@ -22,8 +22,17 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Oriented stripes under heavy sensor-like noise: a stand-in for a degraded, textured collection."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    theta, freq = rng.uniform(0, np.pi), rng.uniform(0.2, 0.6)
+    wave = np.sin((x * np.cos(theta) + y * np.sin(theta)) * freq)[..., None]
+    img = 128 + 90 * wave * rng.uniform(0.5, 1, 3) + rng.normal(0, 40, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def make_demo_images(folder: Path, n: int, seed: int = 0) -> tuple[list[Path], list[Path]]:
-    """Set "clean" (smooth scenes, with one truncated file among them) and set "noisy" (scenes plus noise)."""
+    """Set "clean" (smooth scenes, with one truncated file among them) and set "noisy" (noisy textures)."""
     rng = np.random.default_rng(seed)
     clean_dir, noisy_dir = folder / "clean", folder / "noisy"
     clean_dir.mkdir(parents=True, exist_ok=True)
@@ -35,7 +44,7 @@ def make_demo_images(folder: Path, n: int, seed: int = 0) -> tuple[list[Path], l
         p = clean_dir / f"img_{i:03d}.png"
         Image.fromarray(a).save(p)
         clean.append(p)
-        b = np.clip(_scene(rng, h, w) + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+        b = _texture(rng, h, w)
         q = noisy_dir / f"img_{i:03d}.jpg"
         Image.fromarray(b).save(q, quality=85)
         noisy.append(q)
@@ -53,7 +62,9 @@ def run_demo(
     from ._processor import profile
 
     out.mkdir(parents=True, exist_ok=True)
-    say(f"1/4 writing {images} clean and {images} noisy images (+1 truncated file) to {out / 'images'}")
+    say(
+        f"1/4 writing {images} smooth and {images} noisy textured images (+1 truncated file) to {out / 'images'}"
+    )
     clean, noisy = make_demo_images(out / "images", images)
     common = dict(extractor=extractor, weights="random", device=device, batch_size=16, progress=True)
 
@@ -86,6 +97,8 @@ def run_demo(
         fd = float(FD(vdnas[a]["layer-gaussian"], vdnas[b]["layer-gaussian"]))
         rows[f"{a} vs {b}"] = emd
         say(f"    {a:8s} vs {b:8s}  EMD {emd:9.4f}   FD {fd:12.4g}")
+    say("    (smaller = more alike: the two halves of one set are closer than either is to the other set;")
+    say("     a random-weight network over a dozen images per set only gives a rough picture, FD especially)")
     say(f"files are in {out}/; try: neuroprint info {out}/clean_1-histogram-1000 --failures")
     say(
         f"          neuroprint compare {out}/clean_1-histogram-1000 {out}/noisy-histogram-1000 --layer layer4_2"
