@@ -14,7 +14,8 @@ then rename) after both of its files are in place; a rerun of the same job skips
 redoes the others, overwriting any half-written files, so no row is lost or duplicated and the final
 output equals a clean run's. A rerun with different settings is refused.
 
-This is the local runner (one process). The Ray runner and DALI decoding are separate work.
+Runners: local (one process, here) and Ray (``_ray.py``). Decoders: the PIL path (the reference) and DALI
+(``_dali.py``; the default on CUDA when installed), chosen once per job and recorded in its settings.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class JobResult:
     failed: int
     shards_run: int  # shards computed by this call (the others were finished by an earlier run)
     shards_total: int
+    complete: bool = True  # False: some shards are left for a later run (max_shards); no VDNAs yet
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -119,6 +121,53 @@ class ShardSpec:
     batch_size: int
     num_workers: int
     references: dict = None  # column name -> histogram VDNA, for per-image EMD columns
+    decoder: str = "pil"  # "pil" or "dali" (resolved by run_job)
+
+
+DECODERS = ("auto", "pil", "dali")
+
+
+def resolve_decoder(decoder: str, dev: torch.device) -> str:
+    """'auto' is DALI on CUDA when DALI is installed, else PIL (DALI's CPU pipeline is slower than PIL's)."""
+    from . import _dali
+
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+    if decoder == "auto":
+        return "dali" if dev.type == "cuda" and _dali.is_available() else "pil"
+    if decoder == "dali" and not _dali.is_available():
+        raise NeuroprintError(
+            "decoder 'dali' needs NVIDIA DALI: pip install 'neuroprint[dali]' (or the DALI build for your CUDA)"
+        )
+    return decoder
+
+
+def make_loader(decoder: str, source, recipe, *, batch_size, num_workers, seed, dev, items=None):
+    """The job's decoder over ``items`` (default: the whole source), yielding ``Batch`` objects in order."""
+    if decoder == "dali":
+        from ._dali import DaliImageLoader
+
+        device_id = None
+        if dev.type == "cuda":
+            device_id = dev.index if dev.index is not None else torch.cuda.current_device()
+        return DaliImageLoader(
+            source,
+            recipe,
+            batch_size=batch_size,
+            num_threads=num_workers,
+            device_id=device_id,
+            seed=seed,
+            items=items,
+        )
+    return ImageLoader(
+        source,
+        recipe,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        items=items,
+        pin_memory=dev.type == "cuda",
+    )
 
 
 class ShardWorker:
@@ -142,21 +191,33 @@ class ShardWorker:
         refs = spec.references or {}
         self.scorers = {name: ReferenceScorer(v, self.dev) for name, v in refs.items()}
         self.schema = _row_schema(self.ex.layers[self.emb_layer] if spec.embeddings else None, list(refs))
+        self._dali = None  # built once (its pipeline too) and pointed at each shard's items
+
+    def _loader(self, shard_items):
+        spec = self.spec
+        if spec.decoder == "dali" and self._dali is not None:
+            self._dali.items = list(shard_items)
+            return self._dali
+        loader = make_loader(
+            spec.decoder,
+            spec.source,
+            spec.recipe,
+            batch_size=spec.batch_size,
+            num_workers=spec.num_workers,
+            seed=spec.seed,
+            dev=self.dev,
+            items=shard_items,
+        )
+        if spec.decoder == "dali":
+            self._dali = loader
+        return loader
 
     def run(self, k: int, shard_items, progress=None):
         import pyarrow as pa
 
         spec, ex = self.spec, self.ex
         reducers = [make_reducer(n, ex.layers, ranges=spec.ranges, device=self.dev) for n in spec.names]
-        loader = ImageLoader(
-            spec.source,
-            spec.recipe,
-            batch_size=spec.batch_size,
-            num_workers=spec.num_workers,
-            seed=spec.seed,
-            items=shard_items,
-            pin_memory=self.dev.type == "cuda",
-        )
+        loader = self._loader(shard_items)
         rows = {name: [] for name in self.schema.names}
         failed = 0
         with torch.inference_mode():
@@ -225,6 +286,8 @@ def run_job(
     num_actors: int | None = None,
     ray_address: str | None = None,
     references: dict | None = None,
+    decoder: str = "auto",
+    command: dict | None = None,
 ) -> JobResult:
     """Profile ``source`` into ``out_dir`` shard by shard; rerunning resumes (see the module docstring).
 
@@ -234,7 +297,12 @@ def run_job(
     ray: run the shards on a pool of Ray actors (``num_actors``: one per GPU, else one per CPU slot;
     ``ray_address``: an existing cluster, else a local one is started); the driver alone writes the
     output, so results equal the local runner's. references: {column name: histogram VDNA (or its
-    path)}: adds each image's EMD to it (mean over its neurons) as a column ``emd:<name>``. Other arguments as `neuroprint.profile`.
+    path)}: adds each image's EMD to it (mean over its neurons) as a column ``emd:<name>``. decoder:
+    "pil" (the reference), "dali" (within ``neuroprint._dali.MAX_ABS_TOLERANCE`` of it; files DALI cannot
+    decode exactly as PIL go through PIL) or "auto" (DALI on CUDA when installed, else PIL); the choice is
+    part of the job's settings. command: the CLI's arguments, recorded in the manifest at the first run
+    so that ``neuroprint profile --resume --out-dir DIR`` can rerun it. Other arguments as
+    `neuroprint.profile`.
     """
     import pyarrow.parquet as pq
 
@@ -256,6 +324,7 @@ def run_job(
     if resize_mode is not None:
         recipe = recipe.with_(resize=resize_mode)
     workers = _default_workers() if num_workers is None else int(num_workers)
+    decoder = resolve_decoder(decoder, dev)
 
     refs = {}
     for rname, ref in (references or {}).items():
@@ -279,6 +348,7 @@ def run_job(
         "references": {n: _vdna_digest(v) for n, v in refs.items()},
         "shard_size": int(shard_size),
         "seed": int(seed),
+        "decoder": decoder,
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     manifest_path = out / MANIFEST
@@ -307,6 +377,8 @@ def run_job(
                 f"{out} exists and is not a neuroprint job directory (no {MANIFEST}); use an empty or new directory"
             )
         manifest = {"settings_sha256": digest, "settings": settings, "finished": {}, "complete": False}
+        if command is not None:
+            manifest["command"] = command
     (out / "rows").mkdir(parents=True, exist_ok=True)
     (out / "partials").mkdir(parents=True, exist_ok=True)
     _write_json(manifest_path, manifest)
@@ -320,7 +392,9 @@ def run_job(
 
             def auto_pass() -> Ranges:
                 r = ActivationRangesReducer(ex.layers)
-                loader = ImageLoader(src, recipe, batch_size=batch_size, num_workers=workers, seed=seed)
+                loader = make_loader(
+                    decoder, src, recipe, batch_size=batch_size, num_workers=workers, seed=seed, dev=dev
+                )
                 from ._processor import _empty, _run_pass
 
                 fails = _run_pass(loader, model, [r], dev, desc=f"ranges {ex.name}", progress=progress)
@@ -352,6 +426,7 @@ def run_job(
         batch_size=batch_size,
         num_workers=workers,
         references=refs,
+        decoder=decoder,
     )
 
     def commit(k: int, table, state: dict, failed: int) -> None:
@@ -375,7 +450,9 @@ def run_job(
     finished = len(manifest["finished"])
     if finished < len(shards):
         logger.info("%d of %d shards finished; rerun to continue", finished, len(shards))
-        return JobResult(out, {}, len(items), done_images, 0, len(todo), len(shards))
+        done = sum(v["images"] for v in manifest["finished"].values())
+        failed = sum(v["failed"] for v in manifest["finished"].values())
+        return JobResult(out, {}, len(items), done - failed, failed, len(todo), len(shards), complete=False)
     return _finish(
         out,
         manifest,
@@ -482,7 +559,17 @@ def _finish(
     vdnas = {}
     if merged[0].count > 0:
         vdnas = build_vdnas(
-            names, merged, ex, recipe, dtype, src, failures, hist_ranges, data_settings, extraction
+            names,
+            merged,
+            ex,
+            recipe,
+            dtype,
+            src,
+            failures,
+            hist_ranges,
+            data_settings,
+            extraction,
+            decoder=manifest["settings"]["decoder"],
         )
         for name, v in vdnas.items():
             v.save(out / name)

@@ -236,7 +236,7 @@ def profile(
 
 
 def build_vdnas(
-    names, reducers, ex, recipe, dtype, src, failures, hist_ranges, data_settings, extraction
+    names, reducers, ex, recipe, dtype, src, failures, hist_ranges, data_settings, extraction, decoder="pil"
 ) -> dict[str, VDNA]:
     """VDNA objects from finished reducers, with vdna's settings fields and neuroprint's metadata."""
     from . import __version__
@@ -246,6 +246,7 @@ def build_vdnas(
         "extractor": ex.name,
         "weights": ex.weights_id,
         "recipe": recipe.to_dict(),
+        "decoder": decoder,  # "pil" (the reference) or "dali" (within _dali.MAX_ABS_TOLERANCE of it)
         "dtype": str(dtype).replace("torch.", ""),
         "source": src.describe(),
         "num_listed": len(src),

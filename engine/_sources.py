@@ -463,7 +463,11 @@ class TarSource(Source):
                     for m in tf:
                         if m.isfile() and _extension(m.name) in _EXTENSION_SET:
                             name = os.path.basename(t)
-                            items.append(Item(id=f"{name}/{m.name}", uri=f"{t}#{m.name}", ref=(t, m.offset_data, m.size)))
+                            items.append(
+                                Item(
+                                    id=f"{name}/{m.name}", uri=f"{t}#{m.name}", ref=(t, m.offset_data, m.size)
+                                )
+                            )
             except (OSError, tarfile.TarError) as e:
                 raise SourceError(f"cannot read tar shard {t}: {e}") from None
         if not items:
@@ -487,6 +491,120 @@ class TarSource(Source):
         return {"shards": self.tars}
 
 
+class FsspecSource(Source):
+    """Images behind an fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``memory://...``, ...).
+
+    The URL names a folder (every image below it, recursively, hidden names skipped; id = the path
+    relative to it), one image, or a ``.txt`` list (relative entries resolve against the list's folder
+    on the same filesystem; entries with their own ``scheme://`` are used as they are). The filesystem
+    package of the scheme must be installed (``s3fs``, ``gcsfs``, ``adlfs``, ...); credentials come from
+    the usual places of that package. Each read is one ``cat_file``; a missing or unreadable object is
+    that item's failure. Parquet tables and tar shards behind URLs are not read (download them first).
+    """
+
+    kind = "fsspec"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        fs, root = _url_to_fs(url)
+        self.fs = fs
+        try:
+            is_dir = fs.isdir(root)
+            exists = is_dir or fs.exists(root)
+        except Exception as e:  # a backend's own errors (auth, network) name no common class
+            raise SourceError(f"cannot open {url}: {type(e).__name__}: {' '.join(str(e).split())}") from None
+        if not exists:
+            raise SourceError(f"source not found: {url}")
+        if is_dir:
+            rels = self._scan(root)
+            if not rels:
+                raise EmptySourceError(
+                    f"no images found in {url} (looked for extensions {', '.join(IMAGE_EXTENSIONS)}, any case)"
+                )
+            base = root.rstrip("/")
+            items = [Item(id=r, uri=fs.unstrip_protocol(f"{base}/{r}"), ref=f"{base}/{r}") for r in rels]
+        elif _extension(root) in _LIST_EXTENSIONS:
+            items = self._list(root)
+        elif _extension(root) in _EXTENSION_SET:
+            items = [Item(id=posixpath.basename(root), uri=fs.unstrip_protocol(root), ref=root)]
+        else:
+            raise SourceError(
+                f"cannot use {url} as a source: behind a URL, expected a folder, an image file or a .txt list"
+            )
+        super().__init__(items)
+
+    def _scan(self, root: str) -> list[str]:
+        base = root.rstrip("/") + "/"
+        found = []
+        for path in self.fs.find(root):
+            rel = path[len(base) :] if path.startswith(base) else posixpath.relpath(path, root)
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            if _extension(rel) in _EXTENSION_SET:
+                found.append(rel)
+        return sorted(found)
+
+    def _list(self, root: str) -> list[Item]:
+        try:
+            text = self.fs.cat_file(root).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SourceError(f"cannot read list {self.url}: not UTF-8 text ({e.reason})") from None
+        except Exception as e:
+            raise SourceError(f"cannot read list {self.url}: {type(e).__name__}: {e}") from None
+        entries = [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
+        if not entries:
+            raise EmptySourceError(
+                f"no images found in {self.url} (no paths listed; blank lines and '#' comments are skipped)"
+            )
+        folder = posixpath.dirname(root)
+        items = []
+        ids = _unique_ids([e if "://" in e else posixpath.normpath(e) for e in entries])
+        for id_, entry in zip(ids, entries):
+            if "://" in entry:
+                items.append(Item(id=id_, uri=entry, ref=entry))
+            else:
+                path = posixpath.normpath(posixpath.join(folder, entry))
+                items.append(Item(id=id_, uri=self.fs.unstrip_protocol(path), ref=path))
+        return items
+
+    def read(self, item: Item) -> bytes:
+        fs, path = (self.fs, item.ref) if "://" not in item.ref else _url_to_fs(item.ref, per_item=True)
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            raise DecodeError(f"file not found: {item.uri}") from None
+        except IsADirectoryError:
+            raise DecodeError(f"is a directory, not an image file: {item.uri}") from None
+        except Exception as e:
+            raise DecodeError(
+                f"cannot read {item.uri}: {type(e).__name__}: {' '.join(str(e).split())}"
+            ) from None
+
+    def _describe(self) -> dict:
+        return {"url": self.url}
+
+
+def _url_to_fs(url: str, per_item: bool = False):
+    """fsspec's (filesystem, path) for ``url``; a missing backend package is a clear error."""
+    try:
+        import fsspec
+    except ImportError:
+        raise SourceError(f"reading {url} needs fsspec: pip install fsspec") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:  # fsspec names the package the scheme needs
+        msg = f"cannot open {url}: {' '.join(str(e).split())}"
+        raise (DecodeError(msg) if per_item else SourceError(msg)) from None
+    except ValueError as e:  # unknown protocol
+        msg = f"cannot open {url}: {e}"
+        raise (DecodeError(msg) if per_item else SourceError(msg)) from None
+
+
+def _is_url(path: str) -> bool:
+    head = path.split("://", 1)[0]
+    return "://" in path and head.isascii() and head.replace("+", "").replace("-", "").isalnum()
+
+
 def open_source(
     source,
     *,
@@ -500,7 +618,8 @@ def open_source(
     """Open anything that names a set of images as a :class:`Source`.
 
     ``source`` is a folder, one image file, a ``.txt`` list of paths, a ``.parquet``/``.pq`` table, a
-    list of paths, a list of uint8 image arrays (or one N x H x W x C array), or a Source. With
+    WebDataset ``.tar`` shard (or a folder or list of them), an fsspec URL (``s3://...``: see
+    :class:`FsspecSource`), a list of paths, a list of uint8 image arrays (or one N x H x W x C array), or a Source. With
     ``num_images > 0`` only the first ``num_images`` items are kept, after a shuffle seeded by ``seed``
     when ``shuffle`` is true; as in vdna, the shuffle happens only when a strict subset is kept.
     """
@@ -521,8 +640,13 @@ def open_source(
             src = TarSource(source)
         else:
             src = PathsSource(source)
+    elif isinstance(source, str) and _is_url(source) and not source.startswith("file://"):
+        src = FsspecSource(source)
     elif isinstance(source, (str, os.PathLike)):
-        src = _open_path(os.fspath(source), path_column, bytes_column, id_column)
+        path = os.fspath(source)
+        if path.startswith("file://"):
+            path = path[len("file://") :]  # a local file: the local sources read it (tar, parquet, ...)
+        src = _open_path(path, path_column, bytes_column, id_column)
     else:
         raise SourceError(
             f"cannot use a {type(source).__name__} as a source: expected a path, a list of paths or of arrays"
@@ -532,12 +656,23 @@ def open_source(
     return src
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a symlink loop or a vanished entry: not a tar shard; the folder scan decides
+        return False
+
+
 def _open_path(path: str, path_column, bytes_column, id_column) -> Source:
     if not os.path.exists(path):
         raise SourceError(f"source not found: {path}")
     if os.path.isdir(path):
-        tars = sorted(e.path for e in os.scandir(path) if e.is_file() and e.name.lower().endswith(".tar"))
-        if tars and not any(_extension(e.name) in _EXTENSION_SET for e in os.scandir(path) if e.is_file()):
+        try:
+            files = [e for e in os.scandir(path) if _is_file(e)]
+        except OSError as e:
+            raise SourceError(f"cannot list folder {path}: {e.strerror or e}") from None
+        tars = sorted(e.path for e in files if e.name.lower().endswith(".tar"))
+        if tars and not any(_extension(e.name) in _EXTENSION_SET for e in files):
             return TarSource(tars)  # a folder of WebDataset shards
         return FolderSource(path)
     ext = _extension(os.path.basename(path))

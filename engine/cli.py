@@ -57,14 +57,36 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    pr.add_argument("source", help="folder, image file, .txt list or .parquet table")
+    pr.add_argument(
+        "source",
+        nargs="?",
+        help="folder, image file, .txt list, .parquet table, WebDataset .tar shard(s) or URL (s3://...)",
+    )
     pr.add_argument("-o", "--out", help="output name: writes OUT.json + OUT.npz")
     pr.add_argument(
         "--out-dir",
         help="run as a sharded, resumable job into this directory: per-image Parquet rows, VDNAs, manifest; "
         "rerun the same command to resume after a crash",
     )
+    pr.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --out-dir: continue the job there (it must exist); without SOURCE its recorded command is "
+        f"rerun, and only {', '.join('--' + k.replace('_', '-') for k in _RUNTIME_ARGS)} given now apply",
+    )
     pr.add_argument("--shard-size", type=int, default=1024, help="images per shard (with --out-dir)")
+    pr.add_argument(
+        "--max-shards",
+        type=int,
+        default=None,
+        help="with --out-dir: compute at most this many shards now, then stop (--resume continues)",
+    )
+    pr.add_argument(
+        "--decoder",
+        default="auto",
+        choices=["auto", "pil", "dali"],
+        help="with --out-dir: image decoding; auto = DALI on CUDA when installed, else PIL (the reference)",
+    )
     pr.add_argument(
         "--embeddings", action="store_true", help="with --out-dir: add each image's pooled embedding"
     )
@@ -223,9 +245,58 @@ def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+# Options that change how a job runs, never what it computes: a --resume takes them from the new command.
+_RUNTIME_ARGS = ("device", "num_workers", "ray", "num_actors", "ray_address", "quiet", "max_shards")
+# Options that may name local files: recorded as absolute paths so that a resume works from any folder.
+_PATH_ARGS = ("source", "ranges", "weights")
+
+
+def _recorded_command(args) -> dict:
+    rec = {
+        k: v for k, v in vars(args).items() if k not in ("command", "verbose", "debug", "resume", "out_dir")
+    }
+    for key in _PATH_ARGS:
+        value = rec.get(key)
+        if isinstance(value, str) and "://" not in value and os.path.exists(value):
+            rec[key] = os.path.abspath(value)
+    refs = []
+    for spec in rec.get("reference") or []:
+        name, sep, path = spec.partition("=")
+        refs.append(f"{name}={os.path.abspath(path)}" if sep else os.path.abspath(spec))
+    rec["reference"] = refs or None
+    return rec
+
+
+def _apply_resume(args) -> None:
+    from ._job import MANIFEST
+
+    if args.out_dir is None:
+        raise CLIError("--resume continues a job: give its --out-dir")
+    manifest_path = Path(args.out_dir) / MANIFEST
+    if not manifest_path.is_file():
+        raise CLIError(f"nothing to resume: {args.out_dir} holds no job ({MANIFEST} not found)")
+    if args.source is not None:
+        return  # the whole command is given again; run_job checks that its settings are the job's
+    try:
+        recorded = json.loads(manifest_path.read_text()).get("command")
+    except ValueError as err:
+        raise CLIError(f"{manifest_path} is not readable JSON ({err})") from None
+    if not isinstance(recorded, dict):
+        raise CLIError(
+            f"{manifest_path} records no command (the job was not started from the CLI): give SOURCE"
+        )
+    for key, value in recorded.items():
+        if key not in _RUNTIME_ARGS and hasattr(args, key):
+            setattr(args, key, value)
+
+
 def cmd_profile(args) -> int:
     from ._processor import profile
 
+    if args.resume:
+        _apply_resume(args)
+    if args.source is None:
+        raise CLIError("give a SOURCE to profile (or --resume --out-dir DIR to continue a job)")
     dists = args.distribution or ["histogram-1000"]
     if (args.out is None) == (args.out_dir is None):
         raise CLIError("give exactly one of -o/--out (VDNA files) and --out-dir (a sharded job)")
@@ -305,7 +376,17 @@ def _profile_job(args, dists) -> int:
         ray=args.ray or args.ray_address is not None,
         num_actors=args.num_actors,
         ray_address=args.ray_address,
+        decoder=args.decoder,
+        command=_recorded_command(args),
+        max_shards=args.max_shards,
     )
+    if not res.complete:
+        print(
+            f"{res.out_dir}: incomplete: {res.processed + res.failed} of {res.images_in} images done "
+            f"({res.processed} processed + {res.failed} failed; {res.shards_run} shards computed now); "
+            f"continue with: neuroprint profile --resume --out-dir {res.out_dir}"
+        )
+        return 0
     print(
         f"{res.out_dir}: {res.images_in} images in = {res.processed} processed + {res.failed} failed "
         f"({res.shards_run} of {res.shards_total} shards computed now); VDNAs: {', '.join(res.vdnas)}"

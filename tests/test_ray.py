@@ -48,6 +48,20 @@ def test_local_ray1_ray2_give_the_same_output(many, tmp_path):
     assert rows[0].equals(rows[1]) and rows[0].equals(rows[2])
 
 
+def test_dali_decoding_in_ray_actors_equals_local_dali(many, tmp_path):
+    from neuroprint._dali import is_available
+
+    if not is_available():
+        pytest.skip("no DALI")
+    src, ranges = many
+    kw = dict(ranges=ranges, shard_size=5, decoder="dali", embeddings=True, **KW)
+    local = run_job(src, tmp_path / "local", DISTS, **kw)
+    two = run_job(src, tmp_path / "ray2", DISTS, ray=True, num_actors=2, **kw)
+    assert local.processed == two.processed == 24 and two.failed == 1
+    assert_same_vdnas(local.vdnas, two.vdnas)
+    assert pq.read_table(tmp_path / "local" / "rows").equals(pq.read_table(tmp_path / "ray2" / "rows"))
+
+
 def test_killed_actor_loses_no_row(many, tmp_path):
     src, ranges = many
     out = tmp_path / "job"
