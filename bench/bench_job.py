@@ -1,10 +1,12 @@
-"""End-to-end job throughput: local runner vs Ray with 1 and 2 actors (CPU), from one run.
+"""End-to-end job throughput: local runner vs Ray with 1 and 2 actors, PIL vs DALI decoding, from one run.
 
 Generates N JPEGs (mixed sizes), measures activation ranges once, then runs the same job
 (``neuroprint.run_job``: sharded, rows + VDNA written) with each runner into a fresh directory and prints
 images/s and the scaling ratio against the local runner. On a machine with GPUs, Ray actors take one GPU each.
 
-    python bench/bench_job.py --extractor rand_resnet50 --num-images 96
+    python bench/bench_job.py --extractor rand_resnet50 --num-images 96 --decoders pil dali
+
+The Ray runs decode with the first of ``--decoders``; every other decoder gets a local run.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--decoders", nargs="+", default=["pil"], choices=["pil", "dali"])
     ap.add_argument("--out", help="write the figures as JSON")
     args = ap.parse_args()
 
@@ -58,9 +61,13 @@ def main() -> None:
             work / "ranges"
         )
         job = dict(ranges=work / "ranges", batch_size=args.batch_size, shard_size=args.shard_size, **kw)
-        runs = [("local", {})] + [(f"ray x{n}", {"ray": True, "num_actors": n}) for n in args.actors]
+        first = args.decoders[0]
+        runs = [("local", {"decoder": first})]
+        runs += [(f"local {d}", {"decoder": d}) for d in args.decoders[1:]]
+        runs += [(f"ray x{n}", {"ray": True, "num_actors": n, "decoder": first}) for n in args.actors]
         # Warm-up: model build and page cache, not timed.
-        run_job(images, work / "warm", "histogram-1000", max_shards=1, **job)
+        for d in args.decoders:
+            run_job(images, work / f"warm-{d}", "histogram-1000", max_shards=1, decoder=d, **job)
         results = {}
         for name, extra in runs:
             t = time.perf_counter()

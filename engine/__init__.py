@@ -9,7 +9,8 @@ A drop-in for the ``vdna`` package's API (same names, same numbers, same files):
     vdna2 = load_vdna_from_files("set_b")
     EMD(vdna1, vdna2)
 
-plus the engine's own entry points: `profile` (several distributions from one pass), `open_source`,
+plus the engine's own entry points: `profile` (several distributions from one pass), `run_job` (a sharded,
+resumable job writing Parquet rows and VDNAs, locally or on Ray actors), `open_source`,
 `Ranges`, and the extractor registry (`create_extractor`, `list_extractors`).
 """
 
@@ -25,6 +26,7 @@ from ._errors import (
     VDNAFileError,
     WeightsError,
 )
+from ._job import JobError, JobResult, run_job
 from ._processor import VDNAProcessor, profile
 from ._ranges import Ranges, load_ranges
 from ._recipe import Recipe
@@ -51,6 +53,8 @@ __all__ = [
     "EmptySourceError",
     "IncompatibleVDNAError",
     "Item",
+    "JobError",
+    "JobResult",
     "NeuroprintError",
     "Ranges",
     "Recipe",
@@ -76,5 +80,6 @@ __all__ = [
     "load_vdna_from_hub",
     "open_source",
     "profile",
+    "run_job",
     "score_images",
 ]

@@ -212,7 +212,7 @@ class ShardWorker:
             self._dali = loader
         return loader
 
-    def run(self, k: int, shard_items, progress=None):
+    def run(self, k: int, shard_items, progress=None, failed_before: int = 0):
         import pyarrow as pa
 
         spec, ex = self.spec, self.ex
@@ -250,7 +250,7 @@ class ShardWorker:
                 if progress is not None:
                     progress.update(len(batch.items) + len(batch.failures))
                     if failed:
-                        progress.set_postfix(failed=failed)
+                        progress.set_postfix(failed=failed_before + failed)
         # Rows keep the source order within the shard.
         order = {it.id: i for i, it in enumerate(shard_items)}
         perm = sorted(range(len(rows["id"])), key=lambda i: order[rows["id"][i]])
@@ -429,14 +429,23 @@ def run_job(
         decoder=decoder,
     )
 
+    failed_total = sum(v["failed"] for v in manifest["finished"].values())
+
     def commit(k: int, table, state: dict, failed: int) -> None:
+        nonlocal failed_total
         _write_atomic(out / "partials" / f"shard-{k:05d}.npz", lambda tmp: _savez(tmp, state))
         _write_atomic(out / "rows" / f"shard-{k:05d}.parquet", lambda tmp: pq.write_table(table, tmp))
         manifest["finished"][f"{k:05d}"] = {"images": len(shards[k]), "failed": failed}
         _write_json(manifest_path, manifest)
+        failed_total += failed
+        if failed_total:
+            bar.set_postfix(failed=failed_total)
 
+    # The bar shows images (done by earlier runs included), images/s and the failures so far.
     with _progress(len(items), f"job {ex.name}", progress) as bar:
         bar.update(done_images)
+        if failed_total:
+            bar.set_postfix(failed=failed_total)
         if ray:
             from ._ray import run_shards_on_ray
 
@@ -444,7 +453,7 @@ def run_job(
         else:
             worker = ShardWorker(spec, built=(ex, model))
             for k in todo:
-                table, state, failed = worker.run(k, shards[k], progress=bar)
+                table, state, failed = worker.run(k, shards[k], progress=bar, failed_before=failed_total)
                 commit(k, table, state, failed)
 
     finished = len(manifest["finished"])

@@ -44,10 +44,10 @@ def good_vdnas(image_sets, ranges_file):
 def test_public_api_is_pinned():
     assert npt.__all__ == [
         "EMD", "FD", "NFD", "VDNA", "DecodeError", "EmptySourceError", "IncompatibleVDNAError", "Item",
-        "NeuroprintError", "Ranges", "Recipe", "Source", "SourceError", "VDNAActivationRanges", "VDNAFileError",
+        "JobError", "JobResult", "NeuroprintError", "Ranges", "Recipe", "Source", "SourceError", "VDNAActivationRanges", "VDNAFileError",
         "VDNAGauss", "VDNAHist", "VDNALayerGauss", "VDNAProcessor", "WeightsError", "__version__",
         "create_extractor", "earth_movers_distance", "emd_matrix", "frechet_distance", "frechet_distance_1d", "get_vdna",
-        "list_extractors", "load_ranges", "load_vdna_from_files", "load_vdna_from_hub", "open_source", "profile", "score_images",
+        "list_extractors", "load_ranges", "load_vdna_from_files", "load_vdna_from_hub", "open_source", "profile", "run_job", "score_images",
     ]  # fmt: skip
     for name in npt.__all__:
         assert getattr(npt, name) is not None
