@@ -225,6 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--images", type=int, default=24, help="images per set")
     dp.add_argument("--extractor", default="rand_resnet50")
     dp.add_argument("--device", default="auto")
+
+    from ._fungi_cli import add_parser as add_features_parser
+
+    add_features_parser(sub)
     return p
 
 
@@ -606,6 +610,7 @@ COMMANDS = {
     "merge": cmd_merge,
     "extractors": cmd_extractors,
     "demo": cmd_demo,
+    "features": lambda args: __import__("neuroprint._fungi_cli", fromlist=["run"]).run(args),
 }
 
 

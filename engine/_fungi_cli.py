@@ -1,0 +1,314 @@
+"""`neuroprint features`: per-image FUNGI gradient features (and embeddings) as Parquet rows.
+
+Hooked into the main CLI with ``add_parser(subparsers)``; ``run(args)`` returns the exit code. Output:
+
+    OUT_DIR/features.parquet   one row per item: id, uri, status ("ok"/"failed", as in job rows), error, fungi
+                               (float32 [E * objectives], blocks in --fungi order, each L2-normalised),
+                               embedding (float32 [E], --embeddings), fungi_pca (float32 [N], --pca)
+    OUT_DIR/features.json      every setting that changes a number, the block layout and the counts
+    OUT_DIR/fungi_pca.npz      the PCA fitted here (--pca), to apply to another split with --pca-from
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["OBJECTIVES", "add_parser", "run"]
+
+log = logging.getLogger(__name__)
+
+# Names only: torch and the objectives are imported when the command runs, so `neuroprint --help` is fast.
+OBJECTIVES = ("kl", "dino", "simclr")
+MODES = ("compat", "fixed")  # neuroprint.fungi.MODES (test_fungi_cli checks they agree)
+
+
+def _configs():
+    from .fungi import DINOConfig, KLConfig, SimCLRConfig
+
+    return {"kl": KLConfig, "dino": DINOConfig, "simclr": SimCLRConfig}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    fp = subparsers.add_parser(
+        "features",
+        help="per-image FUNGI gradient features (and embeddings) as Parquet rows",
+        description=(
+            "Extract FUNGI features (gradients of self-supervised losses w.r.t. one linear layer, randomly "
+            "projected to the embedding size; fungivision 0.0.2's numbers) of every image of SOURCE, "
+            "and write one Parquet row per image to OUT_DIR/features.parquet. Unreadable images become "
+            "error rows. For a kNN evaluation, run the train split with --pca N and apply its PCA to "
+            "the other split with --pca-from TRAIN_OUT/fungi_pca.npz; neuroprint.fungi.knn_accuracy "
+            "does the rest."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    fp.add_argument("source", help="a folder, image list, Parquet table or tar shard (as for profile)")
+    fp.add_argument("--out-dir", required=True, help="output folder (created)")
+    fp.add_argument(
+        "--fungi", default="kl,dino,simclr", help=f"objectives in block order, from {list(OBJECTIVES)}"
+    )
+    fp.add_argument("--embeddings", action="store_true", help="also write the backbone's embeddings")
+    fp.add_argument(
+        "--pca", type=int, default=0, help="also write the features reduced to N dims (PCA fitted here)"
+    )
+    fp.add_argument("--pca-from", default=None, help="apply this fungi_pca.npz instead of fitting a PCA")
+    fp.add_argument("--model", default="vit_small_patch16_224", help="a timm model name")
+    fp.add_argument(
+        "--weights",
+        default="random",
+        help="'random', 'timm' (timm's pretrained weights) or a state-dict file",
+    )
+    fp.add_argument(
+        "--layer", default=None, help="dot path of the target linear layer; None: the last block's attn.proj"
+    )
+    fp.add_argument("--input-dim", type=int, default=224, help="the model's input size")
+    fp.add_argument("--negatives", default=None, help="SOURCE of SimCLR's negatives; None: SOURCE itself")
+    fp.add_argument("--batch-size", type=int, default=16, help="images per extraction step")
+    fp.add_argument("--device", default=None, help="None: cuda when available, else cpu")
+    fp.add_argument(
+        "--fp16", action="store_true", help="autocast in bfloat16 (a GPU setting; float32 otherwise)"
+    )
+    fp.add_argument(
+        "--mode",
+        choices=MODES,
+        default="compat",
+        help="compat: fungivision's numbers; fixed: its defects fixed",
+    )
+    fp.add_argument("--seed", type=int, default=0, help="seeds the heads, projection, negatives and crops")
+    fp.set_defaults(func=run)
+    return fp
+
+
+def _objectives(spec: str) -> list[str]:
+    names = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in OBJECTIVES]
+    if bad or not names:
+        raise ValueError(f"unknown objective(s) {bad or spec!r} in --fungi; valid: {', '.join(OBJECTIVES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--fungi names an objective twice: {spec!r}")
+    return names
+
+
+def _build_model(args):
+    import timm
+    import torch
+
+    kwargs = {"num_classes": 0}
+    if args.input_dim != 224 or (args.mode == "compat" and "simclr" in args.fungi):
+        kwargs |= {"img_size": args.input_dim, "dynamic_img_size": True}  # compat SimCLR views are 224 px
+    # Random weights come from --seed, so that two runs (e.g. train and test splits) share one network.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        try:
+            model = timm.create_model(args.model, pretrained=args.weights == "timm", **kwargs)
+        except TypeError:  # not a ViT-like model: no img_size arguments
+            model = timm.create_model(args.model, pretrained=args.weights == "timm", num_classes=0)
+    if args.weights not in ("random", "timm"):
+        path = Path(args.weights)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("head")]
+        if missing:
+            raise ValueError(f"{path} lacks {len(missing)} of {args.model}'s weights, e.g. {missing[:3]}")
+        if unexpected:
+            log.warning(
+                "ignoring %d unexpected weights in %s, e.g. %s", len(unexpected), path, unexpected[:3]
+            )
+    return model.eval()
+
+
+def _default_layer(model) -> str:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not len(blocks):
+        raise ValueError("this model has no `blocks`: name the target linear layer with --layer")
+    return f"blocks.{len(blocks) - 1}.attn.proj"
+
+
+def _item_generator(seed: int, item_id: str):
+    """Each image's crops come from its own generator, so they do not depend on batching or sharding."""
+    import torch
+
+    digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
+def _pil(source, item):
+    from PIL import Image
+
+    from ._decode import decode_image
+
+    return Image.fromarray(decode_image(source.read(item)))
+
+
+class _Negatives:
+    """A (PIL image, 0) dataset over a source, decoded on access; unreadable items are replaced by the
+    next readable one."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        from ._errors import DecodeError
+
+        n = len(self.source)
+        for k in range(n):
+            try:
+                return _pil(self.source, self.source[(i + k) % n]), 0
+            except DecodeError:
+                continue
+        raise ValueError("no readable image for SimCLR's negatives")
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def run(args) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from . import __version__
+    from ._decode import decode_image  # noqa: F401 - fail early if the decoder is unavailable
+    from ._errors import DecodeError
+    from ._sources import open_source
+    from .fungi import PCA, FUNGIWrapper
+
+    configs = _configs()
+
+    names = _objectives(args.fungi)
+    if args.pca < 0 or args.batch_size < 1:
+        raise ValueError("--pca must be >= 0 and --batch-size >= 1")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    source = open_source(args.source)
+    model = _build_model(args)
+    layer = args.layer or _default_layer(model)
+    wrapper = FUNGIWrapper(
+        model, layer, device, input_dim=args.input_dim, use_fp16=args.fp16,
+        extractor_configs=[configs[n]() for n in names], mode=args.mode, seed=args.seed,
+    )  # fmt: skip
+    if "simclr" in names:
+        wrapper.setup(_Negatives(open_source(args.negatives) if args.negatives else source))
+    embed_transform = None
+    if args.embeddings:
+        import timm.data
+
+        embed_transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+
+    rows = {"id": [], "uri": [], "status": [], "error": [], "fungi": [], "embedding": []}
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(source), unit="img", disable=not sys.stderr.isatty())
+    except ImportError:  # pragma: no cover
+        bar = None
+    items = list(source)
+    for start in range(0, len(items), args.batch_size):
+        batch, images = [], []
+        for item in items[start : start + args.batch_size]:
+            try:
+                images.append(_pil(source, item))
+                batch.append(item)
+            except DecodeError as err:
+                for key, value in (
+                    ("id", item.id),
+                    ("uri", item.uri),
+                    ("status", "failed"),
+                    ("error", str(err)),
+                ):
+                    rows[key].append(value)
+                rows["fungi"].append(None)
+                rows["embedding"].append(None)
+        if batch:
+            feats = (
+                wrapper(images, generator=[_item_generator(args.seed, it.id) for it in batch]).float().cpu()
+            )
+            emb = None
+            if embed_transform is not None:
+                with torch.no_grad():
+                    views = torch.stack([embed_transform(im.convert("RGB")) for im in images]).to(device)
+                    emb = wrapper.model(views).float().cpu()
+            for j, item in enumerate(batch):
+                for key, value in (("id", item.id), ("uri", item.uri), ("status", "ok"), ("error", None)):
+                    rows[key].append(value)
+                rows["fungi"].append(feats[j].numpy())
+                rows["embedding"].append(None if emb is None else emb[j].numpy())
+        if bar is not None:
+            bar.update(len(items[start : start + args.batch_size]))
+    if bar is not None:
+        bar.close()
+
+    ok = [i for i, s in enumerate(rows["status"]) if s == "ok"]
+    columns = {k: rows[k] for k in ("id", "uri", "status", "error")}
+    vec = pa.list_(pa.float32())
+    columns["fungi"] = pa.array([None if f is None else f.tolist() for f in rows["fungi"]], type=vec)
+    if args.embeddings:
+        columns["embedding"] = pa.array(
+            [None if e is None else e.tolist() for e in rows["embedding"]], type=vec
+        )
+    pca_meta = None
+    if args.pca or args.pca_from:
+        feats = np.stack([rows["fungi"][i] for i in ok]) if ok else np.zeros((0, wrapper.feature_dim))
+        if args.pca_from:
+            reducer = PCA.load(args.pca_from)
+            pca_meta = {
+                "from": os.path.abspath(args.pca_from),
+                "components": int(reducer.components.shape[0]),
+            }
+        else:
+            reducer = PCA.fit(feats, args.pca)
+            reducer.save(str(out_dir / "fungi_pca.npz"))
+            pca_meta = {"fitted_on": "this source", "components": int(reducer.components.shape[0])}
+        reduced = reducer.transform(feats).astype(np.float32) if ok else []
+        col = [None] * len(rows["id"])
+        for k, i in enumerate(ok):
+            col[i] = reduced[k].tolist()
+        columns["fungi_pca"] = pa.array(col, type=vec)
+    table = pa.table(columns)
+    _write_atomic(out_dir / "features.parquet", lambda p: pq.write_table(table, p))
+    meta = {
+        "neuroprint_version": __version__,
+        "source": source.describe(),
+        "model": args.model,
+        "weights": args.weights,
+        "target_layer": layer,
+        "input_dim": args.input_dim,
+        "objectives": names,
+        "blocks": {
+            n: [k * wrapper.embeddings_dim, (k + 1) * wrapper.embeddings_dim] for k, n in enumerate(names)
+        },
+        "objective_configs": {n: vars(configs[n]()) for n in names},
+        "embeddings_dim": wrapper.embeddings_dim,
+        "dtype": str(args.fp16 and wrapper.fp16_dtype or torch.float32),
+        "mode": args.mode,
+        "seed": args.seed,
+        "negatives": args.negatives or "SOURCE" if "simclr" in names else None,
+        "embeddings": bool(args.embeddings),
+        "pca": pca_meta,
+        "rows": len(rows["id"]),
+        "ok": len(ok),
+        "errors": len(rows["id"]) - len(ok),
+    }
+    _write_atomic(out_dir / "features.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+    log.info("wrote %d rows (%d errors) to %s", len(rows["id"]), meta["errors"], out_dir)
+    return 0

@@ -1,0 +1,150 @@
+"""`neuroprint features` (engine/_fungi_cli.py) end to end on a tiny labelled folder, and the kNN helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuroprint import _fungi_cli
+from neuroprint.fungi import PCA, knn_accuracy, knn_predict, labels_from_ids
+
+pytest.importorskip("timm")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="neuroprint")
+    sub = parser.add_subparsers(dest="command")
+    _fungi_cli.add_parser(sub)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labelled")
+    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (root / label).mkdir()
+        for i in range(3):
+            rng = np.random.default_rng(i + (10 if label == "red" else 20))
+            arr = np.clip(np.array(colour) + rng.normal(0, 25, (40 + 5 * i, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / f"{i}.png")
+    (root / "blue" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+def _run(src, out, *extra):
+    base = [
+        "features",
+        str(src),
+        "--out-dir",
+        str(out),
+        "--model",
+        "vit_tiny_patch16_224",
+        "--input-dim",
+        "32",
+    ]
+    args = _parse(base + list(extra))
+    return args.func(args)
+
+
+def test_features_command_writes_rows_and_metadata(labelled, tmp_path):
+    out = tmp_path / "out"
+    extra = ["--fungi", "kl,dino", "--embeddings", "--pca", "4", "--batch-size", "3", "--mode", "fixed"]
+    assert _run(labelled, out, *extra) == 0
+    table = pq.read_table(out / "features.parquet").to_pylist()
+    meta = json.loads((out / "features.json").read_text())
+    assert len(table) == 7 and meta["ok"] == 6 and meta["errors"] == 1
+    bad = [r for r in table if r["status"] == "failed"]
+    assert bad[0]["id"] == "blue/broken.png" and bad[0]["fungi"] is None and bad[0]["error"]
+    good = [r for r in table if r["status"] == "ok"]
+    feats = np.array([r["fungi"] for r in good])
+    assert feats.shape == (6, 2 * 192) and np.isfinite(feats).all()
+    np.testing.assert_allclose(np.linalg.norm(feats[:, :192], axis=1), 1.0, atol=1e-5)  # KL block
+    np.testing.assert_allclose(np.linalg.norm(feats[:, 192:], axis=1), 1.0, atol=1e-5)  # DINO block
+    assert np.array([r["embedding"] for r in good]).shape == (6, 192)
+    assert np.array([r["fungi_pca"] for r in good]).shape == (6, 4)
+    assert meta["objectives"] == ["kl", "dino"] and meta["blocks"]["dino"] == [192, 384]
+    assert meta["target_layer"] == "blocks.11.attn.proj" and meta["mode"] == "fixed"
+
+    # Another batch size gives the same rows (per-image crop generators), and the saved PCA applies.
+    out2 = tmp_path / "out2"
+    extra2 = [
+        "--fungi",
+        "kl,dino",
+        "--batch-size",
+        "4",
+        "--mode",
+        "fixed",
+        "--pca-from",
+        str(out / "fungi_pca.npz"),
+    ]
+    assert _run(labelled, out2, *extra2) == 0
+    table2 = {r["id"]: r for r in pq.read_table(out2 / "features.parquet").to_pylist()}
+    for r in good:
+        np.testing.assert_allclose(table2[r["id"]]["fungi"], r["fungi"], atol=1e-5)
+        np.testing.assert_allclose(table2[r["id"]]["fungi_pca"], r["fungi_pca"], atol=1e-4)
+
+
+def test_features_command_with_simclr(labelled, tmp_path):
+    out = tmp_path / "simclr"
+    assert (
+        _run(labelled, out, "--fungi", "simclr", "--mode", "fixed", "--negatives", str(labelled / "red")) == 0
+    )
+    rows = pq.read_table(out / "features.parquet").to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 6 and all(len(r["fungi"]) == 192 for r in ok)
+
+
+def test_cli_names_agree_with_the_library():
+    from neuroprint import fungi
+
+    assert _fungi_cli.MODES == fungi.MODES
+    assert _fungi_cli.OBJECTIVES == ("kl", "dino", "simclr")
+
+
+def test_unknown_objective_is_an_error(labelled, tmp_path):
+    with pytest.raises(ValueError, match="valid: kl, dino, simclr"):
+        _run(labelled, tmp_path / "x", "--fungi", "kl,byol")
+
+
+# ---------------------------------------------------------------------------------------------- kNN
+
+
+def test_knn_on_separable_clusters_and_pca_fitted_on_train():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (3, 16)) * 4
+    train_y = np.repeat(np.arange(3), 30)
+    test_y = np.repeat(np.arange(3), 10)
+    train = centres[train_y] + rng.normal(0, 1, (90, 16))
+    test = centres[test_y] + rng.normal(0, 1, (30, 16))
+    assert knn_accuracy(train, train_y, test, test_y, k=20) == 1.0
+    assert knn_accuracy(train, train_y, test, test_y, k=20, pca=4) == 1.0
+    # Shuffled train labels: chance level, so the accuracy above is earned.
+    assert knn_accuracy(train, rng.permutation(train_y), test, test_y, k=20) < 0.7
+
+
+def test_knn_votes_and_ties():
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = np.array(["a", "a", "b"])
+    assert list(knn_predict(train, labels, np.array([[0.1, 1.0]]), k=1)) == ["b"]
+    assert list(knn_predict(train, labels, np.array([[0.1, 1.0]]), k=3)) == ["a"]  # majority of 3
+    # A 1-1 tie at k=2 goes to the label with the larger similarity.
+    assert list(knn_predict(train[1:], labels[1:], np.array([[0.2, 1.0]]), k=2)) == ["b"]
+
+
+def test_pca_matches_torch_and_round_trips(tmp_path):
+    x = np.random.default_rng(1).normal(0, 1, (50, 8)) @ np.diag([5, 4, 3, 2, 1, 0.5, 0.2, 0.1])
+    pca = PCA.fit(x, 3)
+    z = pca.transform(x)
+    # The components' spreads are the top singular values of the centred data (eigenvalues of its scatter).
+    eig = np.linalg.eigvalsh((x - x.mean(0)).T @ (x - x.mean(0)))[::-1][:3]
+    np.testing.assert_allclose(np.linalg.norm(z, axis=0), np.sqrt(eig), rtol=1e-8)
+    pca.save(str(tmp_path / "p.npz"))
+    np.testing.assert_array_equal(PCA.load(str(tmp_path / "p.npz")).transform(x), z)
+    assert labels_from_ids(["cat/a.png", "dog/x/b.jpg"]) == ["cat", "dog"]
+    with pytest.raises(ValueError):
+        labels_from_ids(["flat.png"])
