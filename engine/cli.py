@@ -229,6 +229,9 @@ def _parser() -> argparse.ArgumentParser:
     from ._fungi_cli import add_parser as add_features_parser
 
     add_features_parser(sub)
+    from ._dedup_cli import add_parser as add_dedup_parser
+
+    add_dedup_parser(sub)
     return p
 
 
@@ -611,6 +614,7 @@ COMMANDS = {
     "extractors": cmd_extractors,
     "demo": cmd_demo,
     "features": lambda args: __import__("neuroprint._fungi_cli", fromlist=["run"]).run(args),
+    "dedup": lambda args: __import__("neuroprint._dedup_cli", fromlist=["run"]).run(args),
 }
 
 

@@ -1,0 +1,264 @@
+"""Per-image signatures for duplicate search: perceptual hashes and backbone embeddings from one pass.
+
+Each image is decoded once (the PIL reference decoder, in threads, as every job does); its decoded
+pixels feed the hashes (computed batched on the job's device, `_hashes`) and its preprocessed pixels
+feed the backbone, whose last tapped layer, averaged over positions, is the embedding (the same
+definition as the job's ``embedding`` column). An existing job directory's ``embedding`` column can be
+read instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._decode import Batch, ImageLoader, _one_line, decode_image, preprocess
+from ._errors import DecodeError, EmptySourceError, NeuroprintError
+from ._hashes import image_hashes
+
+logger = logging.getLogger(__name__)
+
+HASH_METHODS = ("phash", "dhash")
+SIGNATURE_KINDS = (*HASH_METHODS, "embedding")
+
+
+@dataclass
+class Signatures:
+    """Signatures of the readable images of a source, in source order (failures listed apart)."""
+
+    ids: list[str]  # item ids (the key of every output row)
+    uris: list[str]  # where each image came from
+    widths: np.ndarray  # int64 [N] decoded width (0 when unknown)
+    heights: np.ndarray  # int64 [N] decoded height (0 when unknown)
+    phash: np.ndarray | None = None  # int64 [N] packed 64-bit pHash
+    dhash: np.ndarray | None = None  # int64 [N] packed 64-bit dHash
+    embeddings: np.ndarray | None = None  # float32 [N, D] pooled backbone features
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (id, uri, one-line reason)
+    settings: dict = field(default_factory=dict)  # what produced them: extractor, weights, layer, source
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def kinds(self) -> list[str]:
+        return [k for k in SIGNATURE_KINDS if self.get(k) is not None]
+
+    def get(self, kind: str):
+        if kind not in SIGNATURE_KINDS:
+            raise ValueError(f"unknown signature {kind!r}; expected one of {', '.join(SIGNATURE_KINDS)}")
+        return self.embeddings if kind == "embedding" else getattr(self, kind)
+
+
+class _SignatureLoader(ImageLoader):
+    """ImageLoader that also hands back each decoded image (for the hashes) and can skip the network's
+    preprocessing when no embedding is wanted."""
+
+    def __init__(self, source, recipe, *, need_pixels: bool, need_decoded: bool, **kwargs):
+        super().__init__(source, recipe, **kwargs)
+        self.need_pixels = need_pixels
+        self.need_decoded = need_decoded  # full-size images are held until their batch is hashed
+
+    def load(self, item):
+        try:
+            img = decode_image(self.source.read(item))
+            pixels = None
+            if self.need_pixels:
+                rng = self._rng_for(item) if self.recipe.crop == "random" else None
+                pixels = preprocess(img, self.recipe, rng)
+            size = (int(img.shape[1]), int(img.shape[0]))
+            return (pixels, img if self.need_decoded else None), size
+        except DecodeError as e:
+            reason = _one_line(e)
+        except Exception as e:  # one bad item must never end the pass; the reason goes to its failure row
+            reason = f"{type(e).__name__}: {_one_line(e)}"
+        logger.debug("skipping %s: %s", item.uri, reason)
+        return None, reason
+
+    def _collate(self, chunk, results) -> Batch:
+        items, tensors, decoded, failures, sizes = [], [], [], [], []
+        for item, (got, info) in zip(chunk, results):
+            if got is None:
+                failures.append((item, info))
+                continue
+            items.append(item)
+            tensors.append(got[0])
+            decoded.append(got[1])
+            sizes.append(info)
+        pixels = torch.stack(tensors) if self.need_pixels and tensors else torch.zeros(0)
+        batch = Batch(items=items, pixels=pixels, failures=failures, sizes=sizes)
+        batch.decoded = decoded
+        return batch
+
+
+def compute_signatures(
+    source,
+    kinds: Sequence[str] = SIGNATURE_KINDS,
+    *,
+    extractor: str = "mugs_vit_base",
+    weights: str | os.PathLike = "default",
+    layer: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Signatures:
+    """Hashes and/or embeddings of every readable image of ``source``, decoding each image once.
+
+    kinds: any of "phash", "dhash", "embedding". The embedding is the mean over positions of the
+    extractor's tap ``layer`` (default: its last tap). Unreadable images are listed in ``failures``;
+    a source with no readable image raises EmptySourceError.
+    """
+    from ._processor import _CACHE, _default_workers, _progress, resolve_device
+    from ._sources import open_source
+
+    kinds = list(dict.fromkeys(kinds))
+    for kind in kinds:
+        if kind not in SIGNATURE_KINDS:
+            raise ValueError(f"unknown signature {kind!r}; expected one of {', '.join(SIGNATURE_KINDS)}")
+    if not kinds:
+        raise ValueError("no signature asked for")
+    dev = resolve_device(device)
+    src = open_source(source)
+    settings = {"source": src.describe(), "kinds": kinds}
+    recipe, model, tap = None, None, None
+    if "embedding" in kinds:
+        ex, model = _CACHE.get(
+            extractor,
+            weights=weights,
+            layers=[layer] if layer else None,
+            device=dev,
+            dtype=dtype,
+            seed=seed,
+            compile=False,
+        )
+        tap = layer or list(ex.layers)[-1]
+        recipe = ex.recipe
+        settings.update(
+            extractor=ex.name,
+            weights=ex.weights_id,
+            layer=tap,
+            recipe=recipe.to_dict(),
+            dtype=str(dtype).replace("torch.", ""),
+        )
+    hash_kinds = [k for k in kinds if k in HASH_METHODS]
+    workers = _default_workers() if num_workers is None else int(num_workers)
+    loader = _SignatureLoader(
+        src,
+        recipe,
+        need_pixels=model is not None,
+        need_decoded=bool(hash_kinds),
+        batch_size=batch_size,
+        num_workers=workers,
+        seed=seed,
+    )
+    ids, uris, sizes, failures = [], [], [], []
+    hashes = {k: [] for k in hash_kinds}
+    embeddings = []
+    bar = _progress(len(loader.items), f"signatures {'+'.join(kinds)}", progress)
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                if batch.items:
+                    if hash_kinds:
+                        got = image_hashes(batch.decoded, hash_kinds, device=dev)
+                        for k in hash_kinds:
+                            hashes[k].append(got[k].cpu().numpy())
+                    if model is not None:
+                        feats = model(batch.pixels.to(dev, non_blocking=True))
+                        embeddings.append(feats[tap].float().mean(dim=1).cpu().numpy())
+                for item, size in zip(batch.items, batch.sizes):
+                    ids.append(item.id)
+                    uris.append(item.uri)
+                    sizes.append(size)
+                failures.extend((item.id, item.uri, reason) for item, reason in batch.failures)
+                bar.update(len(batch.items) + len(batch.failures))
+                if failures:
+                    bar.set_postfix(failed=len(failures))
+    finally:
+        bar.close()
+    if not ids:
+        first = f"; first failure: {failures[0][1]}: {failures[0][2]}" if failures else ""
+        raise EmptySourceError(f"none of the {len(src)} images of the source could be read{first}")
+    wh = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    return Signatures(
+        ids=ids,
+        uris=uris,
+        widths=wh[:, 0],
+        heights=wh[:, 1],
+        phash=np.concatenate(hashes["phash"]) if "phash" in hashes else None,
+        dhash=np.concatenate(hashes["dhash"]) if "dhash" in hashes else None,
+        embeddings=np.concatenate(embeddings).astype(np.float32, copy=False) if embeddings else None,
+        failures=failures,
+        settings=settings,
+    )
+
+
+def is_features_dir(path) -> bool:
+    """Whether ``path`` is a job output directory (``neuroprint profile --out-dir``)."""
+    p = Path(path)
+    return p.is_dir() and (p / "manifest.json").is_file() and (p / "rows").is_dir()
+
+
+def load_signatures(features_dir: str | os.PathLike) -> Signatures:
+    """Embeddings (and sizes) from a job directory written by ``neuroprint profile --out-dir DIR
+    --embeddings``: its rows/*.parquet, in shard order; failed rows become failures."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(features_dir)
+    if not is_features_dir(root):
+        raise NeuroprintError(f"{root} is not a neuroprint job directory (no manifest.json and rows/)")
+    manifest = json.loads((root / "manifest.json").read_text())
+    files = sorted((root / "rows").glob("shard-*.parquet"))
+    if not files:
+        raise EmptySourceError(f"{root}/rows holds no shard files; has the job run?")
+    if not manifest.get("complete", False):
+        logger.warning("%s: the job is not complete; using the %d finished shards", root, len(files))
+    ids, uris, widths, heights, embs, failures = [], [], [], [], [], []
+    for f in files:
+        table = pq.read_table(f)
+        if "embedding" not in table.column_names:
+            raise NeuroprintError(
+                f"{f} has no embedding column; rerun the job with --embeddings (neuroprint profile --out-dir "
+                f"{root} --embeddings) into a new directory"
+            )
+        cols = table.to_pydict()
+        ok = np.asarray([s == "ok" for s in cols["status"]], dtype=bool)
+        for i in np.flatnonzero(~ok):
+            failures.append((cols["id"][i], cols["uri"][i], cols["error"][i] or "failed"))
+        if ok.any():
+            emb = table.filter(pa.array(ok)).column("embedding").combine_chunks()
+            if emb.null_count:
+                raise NeuroprintError(f"{f}: rows with status ok but no embedding")
+            flat = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, emb.type.list_size)
+            embs.append(flat)
+            for i in np.flatnonzero(ok):
+                ids.append(cols["id"][i])
+                uris.append(cols["uri"][i])
+                widths.append(cols["width"][i] or 0)
+                heights.append(cols["height"][i] or 0)
+    if not ids:
+        raise EmptySourceError(f"{root}: no readable image in the job's rows")
+    settings = manifest.get("settings", {})
+    return Signatures(
+        ids=ids,
+        uris=uris,
+        widths=np.asarray(widths, dtype=np.int64),
+        heights=np.asarray(heights, dtype=np.int64),
+        embeddings=np.concatenate(embs).astype(np.float32, copy=False),
+        failures=failures,
+        settings={
+            "features_dir": str(root),
+            "kinds": ["embedding"],
+            **{k: settings.get(k) for k in ("extractor", "weights", "layers", "recipe", "dtype", "source")},
+        },
+    )
