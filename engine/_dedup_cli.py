@@ -13,8 +13,8 @@ DESCRIPTION = textwrap.dedent(
     SOURCE is a folder (recursive), a .txt list, a .parquet table or WebDataset shards, decoded once: the
     perceptual hashes (pHash, dHash; bit-exact with the imagehash package) are computed on the decoded
     pixels and the embedding (mean of the extractor's last tap) on the network's input. SOURCE may also
-    be a job directory written by `neuroprint profile --out-dir DIR --embeddings`: its embeddings are
-    used as they are (--method embedding).
+    be a job directory written by `neuroprint profile --out-dir DIR --embeddings --hashes phash,dhash`:
+    its embeddings and hashes (from the job's one pass, local or Ray) are used as they are.
 
     Hash pairs: Hamming distance <= --max-distance bits (of 64), exact over all pairs. Embedding pairs:
     cosine >= --threshold among each image's --k nearest neighbours (exact blocked search; --approximate

@@ -207,8 +207,9 @@ def is_features_dir(path) -> bool:
 
 
 def load_signatures(features_dir: str | os.PathLike) -> Signatures:
-    """Embeddings (and sizes) from a job directory written by ``neuroprint profile --out-dir DIR
-    --embeddings``: its rows/*.parquet, in shard order; failed rows become failures."""
+    """Embeddings and/or hashes (and sizes) from a job directory written by ``neuroprint profile --out-dir
+    DIR --embeddings [--hashes phash,dhash]``: its rows/*.parquet, in shard order; failed rows become
+    failures."""
     import json
 
     import pyarrow as pa
@@ -224,23 +225,30 @@ def load_signatures(features_dir: str | os.PathLike) -> Signatures:
     if not manifest.get("complete", False):
         logger.warning("%s: the job is not complete; using the %d finished shards", root, len(files))
     ids, uris, widths, heights, embs, failures = [], [], [], [], [], []
+    first = pq.read_schema(files[0]).names
+    has_emb = "embedding" in first
+    hash_cols = [h for h in HASH_METHODS if h in first]
+    if not has_emb and not hash_cols:
+        raise NeuroprintError(
+            f"{files[0]} has no embedding or hash column; rerun the job with --embeddings and/or "
+            f"--hashes phash,dhash into a new directory"
+        )
+    hashes = {h: [] for h in hash_cols}
     for f in files:
         table = pq.read_table(f)
-        if "embedding" not in table.column_names:
-            raise NeuroprintError(
-                f"{f} has no embedding column; rerun the job with --embeddings (neuroprint profile --out-dir "
-                f"{root} --embeddings) into a new directory"
-            )
         cols = table.to_pydict()
         ok = np.asarray([s == "ok" for s in cols["status"]], dtype=bool)
         for i in np.flatnonzero(~ok):
             failures.append((cols["id"][i], cols["uri"][i], cols["error"][i] or "failed"))
-        if ok.any():
+        for h in hash_cols:
+            hashes[h].extend(v for v, good in zip(cols[h], ok) if good)
+        if ok.any() and has_emb:
             emb = table.filter(pa.array(ok)).column("embedding").combine_chunks()
             if emb.null_count:
                 raise NeuroprintError(f"{f}: rows with status ok but no embedding")
             flat = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, emb.type.list_size)
             embs.append(flat)
+        if ok.any():
             for i in np.flatnonzero(ok):
                 ids.append(cols["id"][i])
                 uris.append(cols["uri"][i])
@@ -254,11 +262,13 @@ def load_signatures(features_dir: str | os.PathLike) -> Signatures:
         uris=uris,
         widths=np.asarray(widths, dtype=np.int64),
         heights=np.asarray(heights, dtype=np.int64),
-        embeddings=np.concatenate(embs).astype(np.float32, copy=False),
+        phash=np.asarray(hashes["phash"], dtype=np.int64) if "phash" in hashes else None,
+        dhash=np.asarray(hashes["dhash"], dtype=np.int64) if "dhash" in hashes else None,
+        embeddings=np.concatenate(embs).astype(np.float32, copy=False) if has_emb else None,
         failures=failures,
         settings={
             "features_dir": str(root),
-            "kinds": ["embedding"],
+            "kinds": [*hash_cols, *(["embedding"] if has_emb else [])],
             **{k: settings.get(k) for k in ("extractor", "weights", "layers", "recipe", "dtype", "source")},
         },
     )

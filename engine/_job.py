@@ -84,7 +84,7 @@ def _write_json(path: Path, obj) -> None:
     _write_atomic(path, w)
 
 
-def _row_schema(embedding_dim: int | None, references: Sequence[str] = ()):
+def _row_schema(embedding_dim: int | None, references: Sequence[str] = (), hashes: Sequence[str] = ()):
     import pyarrow as pa
 
     fields = [
@@ -99,6 +99,7 @@ def _row_schema(embedding_dim: int | None, references: Sequence[str] = ()):
     if embedding_dim:
         fields.append(("embedding", pa.list_(pa.float32(), embedding_dim)))
     fields.extend((f"emd:{name}", pa.float64()) for name in references)
+    fields.extend((h, pa.int64()) for h in hashes)  # 64-bit perceptual hashes, packed as in neuroprint.dedup
     return pa.schema(fields)
 
 
@@ -122,6 +123,7 @@ class ShardSpec:
     num_workers: int
     references: dict = None  # column name -> histogram VDNA, for per-image EMD columns
     decoder: str = "pil"  # "pil" or "dali" (resolved by run_job)
+    hashes: tuple = ()  # perceptual hashes of the decoded images: "phash", "dhash"
 
 
 DECODERS = ("auto", "pil", "dali")
@@ -190,11 +192,28 @@ class ShardWorker:
         self.emb_layer = list(self.ex.layers)[-1]
         refs = spec.references or {}
         self.scorers = {name: ReferenceScorer(v, self.dev) for name, v in refs.items()}
-        self.schema = _row_schema(self.ex.layers[self.emb_layer] if spec.embeddings else None, list(refs))
+        self.schema = _row_schema(
+            self.ex.layers[self.emb_layer] if spec.embeddings else None, list(refs), spec.hashes
+        )
         self._dali = None  # built once (its pipeline too) and pointed at each shard's items
 
     def _loader(self, shard_items):
         spec = self.spec
+        if spec.hashes:
+            # The PIL path also hands back each decoded image, which the hashes need at full size.
+            from ._dedup_signatures import _SignatureLoader
+
+            return _SignatureLoader(
+                spec.source,
+                spec.recipe,
+                need_pixels=True,
+                need_decoded=True,
+                batch_size=spec.batch_size,
+                num_workers=spec.num_workers,
+                seed=spec.seed,
+                items=shard_items,
+                pin_memory=self.dev.type == "cuda",
+            )
         if spec.decoder == "dali" and self._dali is not None:
             self._dali.items = list(shard_items)
             return self._dali
@@ -230,8 +249,18 @@ class ShardWorker:
                     if spec.embeddings:
                         emb = feats[self.emb_layer].float().mean(dim=1).cpu().numpy()
                     scores = {name: scorer(feats)[0] for name, scorer in self.scorers.items()}
+                    if spec.hashes:
+                        from ._hashes import image_hashes
+
+                        got = image_hashes(batch.decoded, spec.hashes, device=self.dev)
+                        scores.update({h: got[h].cpu().numpy() for h in spec.hashes})
                 for i, (item, size) in enumerate(zip(batch.items, batch.sizes)):
-                    extra = {f"emd:{name}": float(v[i]) for name, v in scores.items()}
+                    extra = {
+                        (name if name in spec.hashes else f"emd:{name}"): (
+                            int(v[i]) if name in spec.hashes else float(v[i])
+                        )
+                        for name, v in scores.items()
+                    }
                     _append(
                         rows,
                         item,
@@ -244,7 +273,7 @@ class ShardWorker:
                         extra,
                     )
                 for item, reason in batch.failures:
-                    extra = dict.fromkeys((f"emd:{name}" for name in self.scorers), None)
+                    extra = dict.fromkeys([*(f"emd:{name}" for name in self.scorers), *spec.hashes], None)
                     _append(rows, item, k, "failed", reason, (None, None), None, spec.embeddings, extra)
                     failed += 1
                 if progress is not None:
@@ -288,6 +317,7 @@ def run_job(
     references: dict | None = None,
     decoder: str = "auto",
     command: dict | None = None,
+    hashes: Sequence[str] = (),
 ) -> JobResult:
     """Profile ``source`` into ``out_dir`` shard by shard; rerunning resumes (see the module docstring).
 
@@ -300,7 +330,9 @@ def run_job(
     path)}: adds each image's EMD to it (mean over its neurons) as a column ``emd:<name>``. decoder:
     "pil" (the reference), "dali" (within ``neuroprint._dali.MAX_ABS_TOLERANCE`` of it; files DALI cannot
     decode exactly as PIL go through PIL) or "auto" (DALI on CUDA when installed, else PIL); the choice is
-    part of the job's settings. command: the CLI's arguments, recorded in the manifest at the first run
+    part of the job's settings. hashes: any of "phash", "dhash": each image's 64-bit perceptual hash
+    (bit-exact with the imagehash package, computed batched on the device from the decoded pixels) as an
+    int64 column, for ``neuroprint dedup`` over the job directory; needs the PIL decoder. command: the CLI's arguments, recorded in the manifest at the first run
     so that ``neuroprint profile --resume --out-dir DIR`` can rerun it. Other arguments as
     `neuroprint.profile`.
     """
@@ -324,7 +356,13 @@ def run_job(
     if resize_mode is not None:
         recipe = recipe.with_(resize=resize_mode)
     workers = _default_workers() if num_workers is None else int(num_workers)
-    decoder = resolve_decoder(decoder, dev)
+    hashes = tuple(dict.fromkeys(hashes or ()))
+    bad = [h for h in hashes if h not in ("phash", "dhash")]
+    if bad:
+        raise ValueError(f"unknown hash {bad[0]!r}; expected phash or dhash")
+    if hashes and decoder == "dali":
+        raise ValueError("hashes are computed from the PIL decoder's full-size images: use decoder='pil'")
+    decoder = resolve_decoder("pil" if hashes else decoder, dev)
 
     refs = {}
     for rname, ref in (references or {}).items():
@@ -349,6 +387,7 @@ def run_job(
         "shard_size": int(shard_size),
         "seed": int(seed),
         "decoder": decoder,
+        "hashes": list(hashes),
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     manifest_path = out / MANIFEST
@@ -427,6 +466,7 @@ def run_job(
         num_workers=workers,
         references=refs,
         decoder=decoder,
+        hashes=hashes,
     )
 
     failed_total = sum(v["failed"] for v in manifest["finished"].values())

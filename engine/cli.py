@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         help="with --out-dir: compute at most this many shards now, then stop (--resume continues)",
     )
     pr.add_argument(
+        "--hashes",
+        type=lambda v: [h.strip() for h in v.split(",") if h.strip()],
+        default=[],
+        metavar="phash,dhash",
+        help="with --out-dir: add each image's perceptual hashes as int64 columns (for neuroprint dedup)",
+    )
+    pr.add_argument(
         "--decoder",
         default="auto",
         choices=["auto", "pil", "dali"],
@@ -386,6 +393,7 @@ def _profile_job(args, dists) -> int:
         decoder=args.decoder,
         command=_recorded_command(args),
         max_shards=args.max_shards,
+        hashes=args.hashes,
     )
     if not res.complete:
         print(

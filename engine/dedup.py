@@ -9,8 +9,9 @@ One call does everything::
 
 Pipeline: `compute_signatures` decodes each image once and computes the perceptual hashes on the decoded
 pixels (batched torch, bit-exact with the ``imagehash`` package) and/or the backbone embedding; or
-`load_signatures` reads the ``embedding`` column of a job directory (``neuroprint profile --out-dir DIR
---embeddings``). `find_pairs` finds candidate pairs per method: embeddings by exact cosine top-k (the
+`load_signatures` reads the ``embedding`` / ``phash`` / ``dhash`` columns of a job directory
+(``neuroprint profile --out-dir DIR --embeddings --hashes phash,dhash``: the signatures then come from the
+same pass as the job's VDNAs, locally or on Ray actors). `find_pairs` finds candidate pairs per method: embeddings by exact cosine top-k (the
 ``neuroprint::cosine_topk`` op: blocked torch on CPU, a fused Triton kernel on CUDA) kept when the
 similarity reaches ``threshold``, or approximately (`approximate_topk`: faiss IVF or k-means); hashes by
 exact blocked Hamming search within ``max_distance`` bits. Pairs of all methods are joined into groups
@@ -315,13 +316,14 @@ def find_duplicates(
     if signatures is not None:
         sig = signatures
     elif from_dir:
-        wrong = [m for m in methods if m != "embedding"]
-        if wrong:
-            raise DedupError(
-                f"{source} is a job directory, which holds embeddings only; use method 'embedding' "
-                f"(not {', '.join(wrong)}) or pass the image source itself"
-            )
         sig = load_signatures(source)
+        missing = [m for m in methods if sig.get(m) is None]
+        if missing:
+            raise DedupError(
+                f"{source} is a job directory without {', '.join(missing)} signatures (it has "
+                f"{', '.join(sig.kinds())}); rerun the job with --embeddings / --hashes phash,dhash, or pass "
+                "the image source itself"
+            )
     else:
         sig = compute_signatures(
             source,

@@ -323,7 +323,7 @@ def test_embedding_method_and_features_dir(dup_folder, tmp_path):
     pos = {i: n for n, i in enumerate(loaded.ids)}
     for a, b in zip(pairs["id_a"], pairs["id_b"]):
         assert pos[b] in idx[pos[a]].tolist() or pos[a] in idx[pos[b]].tolist()
-    with pytest.raises(DedupError, match="embeddings only"):
+    with pytest.raises(DedupError, match="without phash signatures"):
         find_duplicates(tmp_path / "job", None, method="phash")
 
 

@@ -240,3 +240,33 @@ def test_rows_read_by_pandas_duckdb_polars(image_sets, corpus_ranges, tmp_path):
     assert frame.height == n and frame["embedding"].dtype == pl.Array(pl.Float32, 96)
     fails = pl.read_parquet(tmp_path / "job" / "failures.parquet")
     assert fails.height == 4 and fails["error"].null_count() == 0
+
+
+def test_job_hashes_feed_dedup_and_equal_the_signature_pass(image_sets, corpus_ranges, tmp_path):
+    from neuroprint.dedup import compute_signatures, find_duplicates
+
+    good = image_sets["good"]
+    # A re-encoded copy of one image: a near-duplicate the hashes must pair.
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted(good.iterdir()):
+        (src / p.name).write_bytes(p.read_bytes())
+    Image.open(good / "good_00.JPG").save(src / "zz_copy.jpg", quality=70)
+    res = run_job(
+        src, tmp_path / "job", "histogram-20", ranges=corpus_ranges, shard_size=3, embeddings=True,
+        hashes=["phash", "dhash"], **KW,
+    )  # fmt: skip
+    rows = pq.read_table(tmp_path / "job" / "rows").to_pylist()
+    sig = compute_signatures(src, ["phash", "dhash"], device="cpu", progress=False)
+    assert [r["id"] for r in rows] == sig.ids
+    assert [r["phash"] for r in rows] == sig.phash.tolist()
+    assert [r["dhash"] for r in rows] == sig.dhash.tolist()
+    # Same VDNA as a job without hashes (the loader that keeps decoded images changes nothing).
+    plain = run_job(src, tmp_path / "plain", "histogram-20", ranges=corpus_ranges, shard_size=3, **KW)
+    for layer in plain.vdnas["histogram-20"].neurons_list:
+        assert torch.equal(plain.vdnas["histogram-20"].data[layer], res.vdnas["histogram-20"].data[layer])
+    out = find_duplicates(tmp_path / "job", tmp_path / "dedup", method="phash", progress=False)
+    pairs = out.pairs.to_pylist()
+    assert {(p["id_a"], p["id_b"]) for p in pairs} == {("good_00.JPG", "zz_copy.jpg")}
+    with pytest.raises(ValueError, match="decoder='pil'"):
+        run_job(src, tmp_path / "j2", "histogram-20", hashes=["phash"], decoder="dali", **KW)
