@@ -14,7 +14,9 @@ DESCRIPTION = textwrap.dedent(
     perceptual hashes (pHash, dHash; bit-exact with the imagehash package) are computed on the decoded
     pixels and the embedding (mean of the extractor's last tap) on the network's input. SOURCE may also
     be a job directory written by `neuroprint profile --out-dir DIR --embeddings --hashes phash,dhash`:
-    its embeddings and hashes (from the job's one pass, local or Ray) are used as they are.
+    its embeddings and hashes (from the job's one pass, local or Ray) are used as they are; or a
+    directory written by `neuroprint features --out-dir DIR`: its FUNGI features (PCA-reduced when
+    present) are the embeddings.
 
     Hash pairs: Hamming distance <= --max-distance bits (of 64), exact over all pairs. Embedding pairs:
     cosine >= --threshold among each image's --k nearest neighbours (exact blocked search; --approximate

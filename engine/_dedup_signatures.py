@@ -200,24 +200,81 @@ def compute_signatures(
     )
 
 
-def is_features_dir(path) -> bool:
-    """Whether ``path`` is a job output directory (``neuroprint profile --out-dir``)."""
-    p = Path(path)
+def _is_job_dir(p: Path) -> bool:
     return p.is_dir() and (p / "manifest.json").is_file() and (p / "rows").is_dir()
+
+
+def _is_fungi_dir(p: Path) -> bool:
+    return p.is_dir() and (p / "features.parquet").is_file() and (p / "features.json").is_file()
+
+
+def is_features_dir(path) -> bool:
+    """Whether ``path`` is a job output directory (``neuroprint profile --out-dir``) or a FUNGI features
+    directory (``neuroprint features --out-dir``)."""
+    p = Path(path)
+    return _is_job_dir(p) or _is_fungi_dir(p)
+
+
+def _load_fungi(root: Path) -> Signatures:
+    """The FUNGI features of ``neuroprint features`` (their PCA-reduced form when present) as embeddings."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / "features.parquet")
+    column = "fungi_pca" if "fungi_pca" in table.column_names else "fungi"
+    cols = table.select(["id", "uri", "status", "error"]).to_pydict()
+    ok = np.asarray([s == "ok" for s in cols["status"]], dtype=bool)
+    failures = [(cols["id"][i], cols["uri"][i], cols["error"][i] or "failed") for i in np.flatnonzero(~ok)]
+    if not ok.any():
+        raise EmptySourceError(f"{root}: no readable image in features.parquet")
+    feats = table.filter(pa.array(ok)).column(column).combine_chunks()
+    if feats.null_count:
+        raise NeuroprintError(f"{root}/features.parquet: rows with status ok but no {column}")
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(feats).to_numpy(zero_copy_only=False)
+    if len(set(lengths.tolist())) != 1:
+        raise NeuroprintError(f"{root}/features.parquet: {column} vectors of different lengths")
+    flat = feats.flatten().to_numpy(zero_copy_only=False).reshape(len(feats), int(lengths[0]))
+    ids = [cols["id"][i] for i in np.flatnonzero(ok)]
+    meta = json.loads((root / "features.json").read_text())
+    logger.info(
+        "%s: %d FUNGI features (%s); sizes unknown, so keep='largest' falls back to first seen",
+        root,
+        len(ids),
+        column,
+    )
+    return Signatures(
+        ids=ids,
+        uris=[cols["uri"][i] for i in np.flatnonzero(ok)],
+        widths=np.zeros(len(ids), dtype=np.int64),
+        heights=np.zeros(len(ids), dtype=np.int64),
+        embeddings=flat.astype(np.float32, copy=False),
+        failures=failures,
+        settings={"features_dir": str(root), "kinds": ["embedding"], "column": column, "features": meta},
+    )
 
 
 def load_signatures(features_dir: str | os.PathLike) -> Signatures:
     """Embeddings and/or hashes (and sizes) from a job directory written by ``neuroprint profile --out-dir
-    DIR --embeddings [--hashes phash,dhash]``: its rows/*.parquet, in shard order; failed rows become
-    failures."""
+    DIR --embeddings [--hashes phash,dhash]`` (its rows/*.parquet, in shard order), or the FUNGI features
+    of a ``neuroprint features --out-dir DIR`` directory as embeddings (``fungi_pca`` when present, else
+    ``fungi``); failed rows become failures."""
     import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     root = Path(features_dir)
-    if not is_features_dir(root):
-        raise NeuroprintError(f"{root} is not a neuroprint job directory (no manifest.json and rows/)")
+    if _is_fungi_dir(root):
+        return _load_fungi(root)
+    if not _is_job_dir(root):
+        raise NeuroprintError(
+            f"{root} is not a neuroprint job directory (no manifest.json and rows/) nor a features "
+            "directory (no features.parquet and features.json)"
+        )
     manifest = json.loads((root / "manifest.json").read_text())
     files = sorted((root / "rows").glob("shard-*.parquet"))
     if not files:

@@ -148,3 +148,25 @@ def test_pca_matches_torch_and_round_trips(tmp_path):
     assert labels_from_ids(["cat/a.png", "dog/x/b.jpg"]) == ["cat", "dog"]
     with pytest.raises(ValueError):
         labels_from_ids(["flat.png"])
+
+
+def test_dedup_reads_a_features_directory(labelled, tmp_path):
+    import shutil
+
+    from neuroprint.dedup import find_duplicates, load_signatures
+
+    src = tmp_path / "src"
+    shutil.copytree(labelled, src)
+    shutil.copy(src / "red" / "0.png", src / "red" / "0_copy.png")  # an exact copy must pair
+    out = tmp_path / "feats"
+    assert _run(src, out, "--fungi", "kl", "--batch-size", "4") == 0
+    table = pq.read_table(out / "features.parquet").to_pylist()
+    sig = load_signatures(out)
+    ok = [r for r in table if r["status"] == "ok"]
+    assert sig.ids == [r["id"] for r in ok] and [f[0] for f in sig.failures] == ["blue/broken.png"]
+    np.testing.assert_array_equal(sig.embeddings, np.asarray([r["fungi"] for r in ok], dtype=np.float32))
+    res = find_duplicates(out, tmp_path / "dups", method="embedding", threshold=0.9999, progress=False)
+    pairs = res.pairs.to_pylist()
+    assert [(p["id_a"], p["id_b"]) for p in pairs] == [("red/0.png", "red/0_copy.png")]
+    keep = {r["id"]: r["keep"] for r in pq.read_table(tmp_path / "dups" / "keep.parquet").to_pylist()}
+    assert len(keep) == len(ok) and keep["red/0.png"] and not keep["red/0_copy.png"]
