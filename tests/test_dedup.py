@@ -386,3 +386,31 @@ def test_sharded_search_on_ray_equals_local_exact():
     ev, ei = cosine_topk(torch.from_numpy(x), k=5)
     sv, si = sharded_topk(x, 5, num_shards=3, block=64)
     assert np.array_equal(si, ei.numpy()) and np.array_equal(sv, ev.numpy())
+
+
+def test_cli_ray_search_equals_local(dup_folder, tmp_path):
+    pytest.importorskip("ray")
+    root, _ = dup_folder
+    base = [
+        "dedup",
+        str(root),
+        "--method",
+        "embedding",
+        "--extractor",
+        "timm:test_resnet",
+        "--weights",
+        "random",
+    ]
+    base += ["--device", "cpu", "--threshold", "0.97", "-q"]
+    assert main([*base, "--out-dir", str(tmp_path / "local")]) == 0
+    assert main([*base, "--out-dir", str(tmp_path / "ray"), "--ray", "--num-shards", "2"]) == 0
+    # The same pairs, groups and keep list; similarities may differ in float32's last bits (the matmul
+    # blocks differ between one process and the shards).
+    for name in ("groups", "keep"):
+        a = pq.read_table(tmp_path / "local" / f"{name}.parquet")
+        b = pq.read_table(tmp_path / "ray" / f"{name}.parquet")
+        assert a.equals(b), name
+    a = pq.read_table(tmp_path / "local" / "pairs.parquet").to_pydict()
+    b = pq.read_table(tmp_path / "ray" / "pairs.parquet").to_pydict()
+    assert len(a["id_a"]) > 0 and (a["id_a"], a["id_b"]) == (b["id_a"], b["id_b"])
+    np.testing.assert_allclose(a["similarity"], b["similarity"], rtol=0, atol=1e-6)
