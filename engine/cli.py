@@ -239,6 +239,11 @@ def _parser() -> argparse.ArgumentParser:
     from ._dedup_cli import add_parser as add_dedup_parser
 
     add_dedup_parser(sub)
+    from ._explain_cli import add_parser as add_explain_parser
+    from ._explain_cli import add_rf_parser
+
+    add_explain_parser(sub)
+    add_rf_parser(sub)
     return p
 
 
@@ -623,6 +628,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "features": lambda args: __import__("neuroprint._fungi_cli", fromlist=["run"]).run(args),
     "dedup": lambda args: __import__("neuroprint._dedup_cli", fromlist=["run"]).run(args),
+    "explain": lambda args: __import__("neuroprint._explain_cli", fromlist=["run"]).run(args),
+    "rf": lambda args: __import__("neuroprint._explain_cli", fromlist=["run_rf"]).run_rf(args),
 }
 
 

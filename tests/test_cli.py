@@ -242,3 +242,19 @@ def test_console_script_entry_point(tmp_path):
         proc.stderr.strip().startswith("neuroprint compare: error:")
         and len(proc.stderr.strip().splitlines()) == 1
     )
+
+
+def test_explain_and_rf_through_main(image_sets, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "explain"
+    argv = ["explain", str(image_sets["good"]), "--extractor", TINY, "--weights", "random"]
+    argv += ["--layer", "layer2", "--units", "0", "3", "--method", "actmap", "--device", "cpu"]
+    assert main([*argv, "--out-dir", str(out), "-q"]) == 0
+    index = pq.read_table(next(out.glob("*.parquet"))).to_pylist()
+    assert len({r["id"] for r in index}) == 6
+    assert main(["rf", "--extractor", "rand_resnet50", "--layer", "layer3_1", "--json"]) == 0
+    rf = json.loads(capsys.readouterr().out)
+    assert "layer3_1" in json.dumps(rf)
+    assert main(["rf", "--extractor", "rand_resnet50", "--layer", "nope"]) == 1
+    assert capsys.readouterr().err.startswith("neuroprint rf: error:")
