@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,25 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def natural_image(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.empty((h, w, 3), np.float32)
-    for c in range(3):
-        a, b, ph = rng.uniform(-1, 1, 3)
-        img[..., c] = 128 + 90 * np.sin(a * xx / w * 6 + b * yy / h * 6 + ph * 3)
-    for _ in range(5):
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        r = rng.uniform(0.05, 0.3) * min(h, w)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-        y0, x0 = int(rng.uniform(0, h)), int(rng.uniform(0, w))
-        img[y0 : y0 + int(r), x0 : x0 + int(1.5 * r)] = rng.uniform(0, 255, 3)
-    img += rng.normal(0, 8, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def make_images(folder: str, n: int) -> None:
     from PIL import Image
+
+    from neuroprint._demo import natural_image
 
     for i in range(n):
         Image.fromarray(natural_image(375, 500, i)).save(os.path.join(folder, f"img_{i:05d}.jpg"), quality=90)

@@ -304,23 +304,15 @@ def sharded_topk(
     """
     from neuroprint.kernels.cosine_topk import keys_to_topk, merge_topk_keys
 
-    from ._ray import _require_ray
+    from ._ray import ray_session
 
-    ray = _require_ray()
     x = np.ascontiguousarray(np.asarray(embeddings))
     if x.ndim != 2:
         raise ValueError(f"embeddings must be [N, D], got shape {x.shape}")
     if x.dtype not in (np.float32, np.float16):
         x = x.astype(np.float32)
     n = x.shape[0]
-    started = False
-    if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-        started = True
-    try:
+    with ray_session(ray_address) as ray:
         cpus = float(ray.cluster_resources().get("CPU", 1))
         if num_shards is None:
             num_shards = max(1, int(cpus))
@@ -351,9 +343,6 @@ def sharded_topk(
             keys.append(merge_topk_keys(parts, k))
         for a in actors:
             ray.kill(a)
-    finally:
-        if started:
-            ray.shutdown()
     if not keys:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     sims, idx = keys_to_topk(torch.cat(keys))

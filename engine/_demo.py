@@ -31,6 +31,26 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def natural_image(h: int, w: int, seed: int) -> np.ndarray:
+    """A photo-like test image: smooth colour gradients, sharp discs and rectangles, sensor-like noise.
+
+    Used by the DALI tests and the decode benchmark (their tolerances were measured on these images)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    for c in range(3):
+        a, b, p = rng.uniform(-1, 1, 3)
+        img[..., c] = 128 + 90 * np.sin(a * xx / w * 6 + b * yy / h * 6 + p * 3)
+    for _ in range(5):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        r = rng.uniform(0.05, 0.3) * min(h, w)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+        y0, x0 = int(rng.uniform(0, h)), int(rng.uniform(0, w))
+        img[y0 : y0 + int(r), x0 : x0 + int(1.5 * r)] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def make_demo_images(folder: Path, n: int, seed: int = 0) -> tuple[list[Path], list[Path]]:
     """Set "clean" (smooth scenes, with one truncated file among them) and set "noisy" (noisy textures)."""
     rng = np.random.default_rng(seed)

@@ -8,6 +8,7 @@ to the restarted actor; no shard is committed twice, so no row is lost or duplic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -30,7 +31,10 @@ def _require_ray():
     return ray
 
 
-def run_shards_on_ray(spec, shards, todo, commit, bar, *, num_actors=None, address=None) -> None:
+@contextlib.contextmanager
+def ray_session(address: str | None = None):
+    """Yields the ray module, connected: to ``address`` (an existing cluster) or, when Ray is not yet
+    initialised, to a local instance started here and shut down on exit."""
     ray = _require_ray()
     started = False
     if not ray.is_initialized():
@@ -41,10 +45,15 @@ def run_shards_on_ray(spec, shards, todo, commit, bar, *, num_actors=None, addre
             ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
         started = True
     try:
-        _run(ray, spec, shards, todo, commit, bar, num_actors)
+        yield ray
     finally:
         if started:
             ray.shutdown()
+
+
+def run_shards_on_ray(spec, shards, todo, commit, bar, *, num_actors=None, address=None) -> None:
+    with ray_session(address) as ray:
+        _run(ray, spec, shards, todo, commit, bar, num_actors)
 
 
 def _run(ray, spec, shards, todo, commit, bar, num_actors) -> None:

@@ -13,6 +13,7 @@ pytest.importorskip("nvidia.dali")
 
 from neuroprint._dali import MAX_ABS_TOLERANCE, MEAN_ABS_TOLERANCE, DaliImageLoader, is_available  # noqa: E402
 from neuroprint._decode import ImageLoader  # noqa: E402
+from neuroprint._demo import natural_image  # noqa: E402
 from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe  # noqa: E402
 from neuroprint._sources import open_source  # noqa: E402
 
@@ -20,24 +21,6 @@ R224 = Recipe(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD)
 R299 = Recipe(size=(299, 299), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 # (height, width): landscape, portrait, square, tiny, thin, larger than the network input and smaller.
 SIZES = [(375, 500), (500, 375), (256, 256), (90, 120), (60, 400), (700, 320), (333, 217)]
-
-
-def natural_image(h: int, w: int, seed: int) -> np.ndarray:
-    """Smooth colour gradients, a few sharp discs and rectangles, and sensor-like noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.empty((h, w, 3), np.float32)
-    for c in range(3):
-        a, b, p = rng.uniform(-1, 1, 3)
-        img[..., c] = 128 + 90 * np.sin(a * xx / w * 6 + b * yy / h * 6 + p * 3)
-    for _ in range(5):
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        r = rng.uniform(0.05, 0.3) * min(h, w)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-        y0, x0 = int(rng.uniform(0, h)), int(rng.uniform(0, w))
-        img[y0 : y0 + int(r), x0 : x0 + int(1.5 * r)] = rng.uniform(0, 255, 3)
-    img += rng.normal(0, 8, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
