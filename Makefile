@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Peers used only for cross-checks and benchmarks; --no-deps because their pins pull old torch and weights
 # downloaders. Pinned so that the parity tests always compare against the same code.
-PEERS := vdna==0.1.1 pytorch-fid==0.3.0 clean-fid==0.1.35 fungivision==0.0.2 captum==0.9.0
+PEERS := vdna==0.1.1 pytorch-fid==0.3.0 clean-fid==0.1.35 fungivision==0.0.2 captum==0.9.0 torch-lucent==0.1.8
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint bench clean

@@ -244,6 +244,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_explain_parser(sub)
     add_rf_parser(sub)
+    from ._visualize_cli import add_parser as add_visualize_parser
+
+    add_visualize_parser(sub)
     return p
 
 
@@ -630,6 +633,7 @@ COMMANDS = {
     "dedup": lambda args: __import__("neuroprint._dedup_cli", fromlist=["run"]).run(args),
     "explain": lambda args: __import__("neuroprint._explain_cli", fromlist=["run"]).run(args),
     "rf": lambda args: __import__("neuroprint._explain_cli", fromlist=["run_rf"]).run_rf(args),
+    "visualize": lambda args: __import__("neuroprint._visualize_cli", fromlist=["run"]).run(args),
 }
 
 

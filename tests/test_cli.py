@@ -258,3 +258,13 @@ def test_explain_and_rf_through_main(image_sets, tmp_path, capsys):
     assert "layer3_1" in json.dumps(rf)
     assert main(["rf", "--extractor", "rand_resnet50", "--layer", "nope"]) == 1
     assert capsys.readouterr().err.startswith("neuroprint rf: error:")
+
+
+def test_visualize_through_main(tmp_path):
+    out = tmp_path / "vis"
+    argv = ["visualize", "--extractor", TINY, "--weights", "random", "--layer", "layer2", "--units", "0:3"]
+    argv += ["--steps", "3", "--size", "32", "--device", "cpu", "--out-dir", str(out)]
+    assert main(argv) == 0
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    assert [r["unit"] for r in index] == [0, 1, 2] and (out / "contact_sheet.png").is_file()
+    assert main([*argv[:-2], "--out-dir", str(tmp_path / "bad"), "--layer", "nope"]) == 1
