@@ -11,7 +11,10 @@ A drop-in for the ``vdna`` package's API (same names, same numbers, same files):
 
 plus the engine's own entry points: `profile` (several distributions from one pass), `run_job` (a sharded,
 resumable job writing Parquet rows and VDNAs, locally or on Ray actors), `open_source`,
-`Ranges`, and the extractor registry (`create_extractor`, `list_extractors`).
+`Ranges`, and the extractor registry (`create_extractor`, `list_extractors`); and the submodules
+`neuroprint.fungi` (FUNGI gradient features), `neuroprint.dedup` (near-duplicates), `neuroprint.explain`
+(saliency, occlusion, receptive fields, minimal images), `neuroprint.visualize` (feature visualisation)
+and `neuroprint.kernels`.
 """
 
 __version__ = "0.1.0"
@@ -44,6 +47,18 @@ from ._vdna import (
 )
 from .extractors import create_extractor, list_extractors
 
+# The engine's other capabilities are submodules, imported on first use (``neuroprint.dedup`` etc.).
+_SUBMODULES = ("dedup", "explain", "fungi", "kernels", "visualize")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "EMD",
     "FD",
@@ -69,11 +84,15 @@ __all__ = [
     "WeightsError",
     "__version__",
     "create_extractor",
+    "dedup",
     "earth_movers_distance",
     "emd_matrix",
+    "explain",
     "frechet_distance",
     "frechet_distance_1d",
+    "fungi",
     "get_vdna",
+    "kernels",
     "list_extractors",
     "load_ranges",
     "load_vdna_from_files",
@@ -82,4 +101,5 @@ __all__ = [
     "profile",
     "run_job",
     "score_images",
+    "visualize",
 ]

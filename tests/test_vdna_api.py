@@ -46,8 +46,8 @@ def test_public_api_is_pinned():
         "EMD", "FD", "NFD", "VDNA", "DecodeError", "EmptySourceError", "IncompatibleVDNAError", "Item",
         "JobError", "JobResult", "NeuroprintError", "Ranges", "Recipe", "Source", "SourceError", "VDNAActivationRanges", "VDNAFileError",
         "VDNAGauss", "VDNAHist", "VDNALayerGauss", "VDNAProcessor", "WeightsError", "__version__",
-        "create_extractor", "earth_movers_distance", "emd_matrix", "frechet_distance", "frechet_distance_1d", "get_vdna",
-        "list_extractors", "load_ranges", "load_vdna_from_files", "load_vdna_from_hub", "open_source", "profile", "run_job", "score_images",
+        "create_extractor", "dedup", "earth_movers_distance", "emd_matrix", "explain", "frechet_distance",
+        "frechet_distance_1d", "fungi", "get_vdna", "kernels", "list_extractors", "load_ranges", "load_vdna_from_files", "load_vdna_from_hub", "open_source", "profile", "run_job", "score_images", "visualize",
     ]  # fmt: skip
     for name in npt.__all__:
         assert getattr(npt, name) is not None
