@@ -5,7 +5,9 @@ Theoretical: every node of the traced graph carries, per spatial axis, the field
 shifted by ``i * jump``. A convolution or pooling with kernel k, stride s, padding p, dilation d maps
 (size, jump, left) to (size + (k - 1) d jump, jump s, left - p jump). Pointwise ops keep it; an op
 with several inputs (a residual add, a concatenation) takes the union of their fields, which must
-share one jump. Global pooling, linear layers and attention make a field global (the whole input).
+share one jump. Global pooling, linear layers and attention make a field global (the whole input), and
+so do layout changes (flatten, reshape, permute) that turn a map into tokens: a ViT's patch projection
+has a 16x16 field and every token after it is global; any op after a global field stays global.
 Because the graph is traced, branches (ResNet shortcuts, Inception mixes) are followed as they are
 wired, not as a list of layers; AlexNet, VGG and ResNet are special cases.
 """
@@ -200,6 +202,8 @@ def _module_field(mod: nn.Module, field: _Field, name: str) -> _Field:
         return _GLOBAL
     if isinstance(mod, _POINTWISE_MODULES) or type(mod).__module__ == "torch.nn.modules.activation":
         return field
+    if field == _GLOBAL:
+        return _GLOBAL  # what follows a global field stays global, whatever the module does
     raise ExplainError(
         f"receptive field: module {name!r} ({type(mod).__name__}) has no known spatial rule; "
         "supported: Conv2d, MaxPool2d, AvgPool2d, adaptive pools, pointwise layers"
@@ -249,6 +253,10 @@ def _function_field(node: fx.Node, fields: dict[fx.Node, _Field], root: nn.Modul
     if (node.op == "call_function" and target in _GLOBAL_FUNCTIONS) or (
         node.op == "call_method" and target in _GLOBAL_METHODS
     ):
+        return _GLOBAL
+    if all(f is None or f == _GLOBAL for f in ins):
+        # Downstream of a global field (e.g. a ViT's tokens after their first reshape, or attention's
+        # unbind/split) every value may depend on the whole input: no rule is needed.
         return _GLOBAL
     raise ExplainError(
         f"receptive field: no spatial rule for {node.op} {getattr(target, '__name__', target)!r}"

@@ -508,6 +508,17 @@ def test_rf_of_registered_extractor_taps():
     assert (rf.size, rf.stride) == ((32, 32), (4, 4))  # 3x3 convs: 5, 6, pool ->x2, 10, 14, 16, pool, 24, 32
 
 
+def test_rf_of_a_vit_patch_projection_then_global_tokens():
+    from neuroprint.extractors import create_extractor
+
+    ex = create_extractor("mugs_vit_base", weights="random")
+    first, last = list(ex.layers)[0], list(ex.layers)[-1]
+    proj = receptive_field(ex, "net.patch_embed.proj")
+    patch = ex.backbone.net.patch_embed.proj.kernel_size
+    assert (proj.size, proj.stride) == (tuple(patch), tuple(patch))
+    assert receptive_field(ex, first).is_global and receptive_field(ex, last).is_global
+
+
 def test_empirical_field_finds_the_common_region():
     maps = torch.zeros(4, 32, 32)
     g = torch.Generator().manual_seed(3)
