@@ -136,6 +136,51 @@ def _default_layer(model) -> str:
     return f"blocks.{len(blocks) - 1}.attn.proj"
 
 
+# The options of `neuroprint features` that define the features; a job (run_job(fungi=...)) takes the same.
+JOB_DEFAULTS = {
+    "fungi": "kl,dino,simclr",
+    "model": "vit_small_patch16_224",
+    "weights": "random",
+    "layer": None,
+    "input_dim": 224,
+    "negatives": None,
+    "fp16": False,
+    "mode": "compat",
+    "seed": 0,
+}
+
+
+def job_options(options: dict | None) -> dict:
+    """run_job's ``fungi`` argument completed with the defaults and checked; json-able (job settings)."""
+    unknown = sorted(set(options or {}) - set(JOB_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown FUNGI option(s) {unknown}; valid: {', '.join(JOB_DEFAULTS)}")
+    opts = {**JOB_DEFAULTS, **(options or {})}
+    opts["fungi"] = ",".join(_objectives(opts["fungi"]))
+    if opts["mode"] not in MODES:
+        raise ValueError(f"unknown FUNGI mode {opts['mode']!r}; valid: {', '.join(MODES)}")
+    return opts
+
+
+def build_wrapper(opts, device, source):
+    """(FUNGIWrapper, target layer) for options ``opts`` (a namespace with JOB_DEFAULTS' fields), its SimCLR
+    negatives drawn from ``opts.negatives`` or else ``source``."""
+    from ._sources import open_source
+    from .fungi import FUNGIWrapper
+
+    configs = _configs()
+    names = _objectives(opts.fungi)
+    model = _build_model(opts)
+    layer = opts.layer or _default_layer(model)
+    wrapper = FUNGIWrapper(
+        model, layer, device, input_dim=opts.input_dim, use_fp16=opts.fp16,
+        extractor_configs=[configs[n]() for n in names], mode=opts.mode, seed=opts.seed,
+    )  # fmt: skip
+    if "simclr" in names:
+        wrapper.setup(_Negatives(open_source(opts.negatives) if opts.negatives else source))
+    return wrapper, layer
+
+
 def _item_generator(seed: int, item_id: str):
     """Each image's crops come from its own generator, so they do not depend on batching or sharding."""
     import torch
@@ -190,7 +235,7 @@ def run(args) -> int:
     from ._decode import decode_image  # noqa: F401 - fail early if the decoder is unavailable
     from ._errors import DecodeError
     from ._sources import open_source
-    from .fungi import PCA, FUNGIWrapper
+    from .fungi import PCA
 
     configs = _configs()
 
@@ -201,14 +246,8 @@ def run(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     source = open_source(args.source)
-    model = _build_model(args)
-    layer = args.layer or _default_layer(model)
-    wrapper = FUNGIWrapper(
-        model, layer, device, input_dim=args.input_dim, use_fp16=args.fp16,
-        extractor_configs=[configs[n]() for n in names], mode=args.mode, seed=args.seed,
-    )  # fmt: skip
-    if "simclr" in names:
-        wrapper.setup(_Negatives(open_source(args.negatives) if args.negatives else source))
+    wrapper, layer = build_wrapper(args, device, source)
+    model = wrapper.model
     embed_transform = None
     if args.embeddings:
         import timm.data

@@ -84,7 +84,9 @@ def _write_json(path: Path, obj) -> None:
     _write_atomic(path, w)
 
 
-def _row_schema(embedding_dim: int | None, references: Sequence[str] = (), hashes: Sequence[str] = ()):
+def _row_schema(
+    embedding_dim: int | None, references: Sequence[str] = (), hashes: Sequence[str] = (), fungi_dim: int = 0
+):
     import pyarrow as pa
 
     fields = [
@@ -100,6 +102,8 @@ def _row_schema(embedding_dim: int | None, references: Sequence[str] = (), hashe
         fields.append(("embedding", pa.list_(pa.float32(), embedding_dim)))
     fields.extend((f"emd:{name}", pa.float64()) for name in references)
     fields.extend((h, pa.int64()) for h in hashes)  # 64-bit perceptual hashes, packed as in neuroprint.dedup
+    if fungi_dim:
+        fields.append(("fungi", pa.list_(pa.float32(), fungi_dim)))  # [KL | DINO | SimCLR] blocks
     return pa.schema(fields)
 
 
@@ -124,6 +128,7 @@ class ShardSpec:
     references: dict = None  # column name -> histogram VDNA, for per-image EMD columns
     decoder: str = "pil"  # "pil" or "dali" (resolved by run_job)
     hashes: tuple = ()  # perceptual hashes of the decoded images: "phash", "dhash"
+    fungi: dict | None = None  # FUNGI options (neuroprint._fungi_cli.JOB_DEFAULTS' keys), or None
 
 
 DECODERS = ("auto", "pil", "dali")
@@ -192,15 +197,25 @@ class ShardWorker:
         self.emb_layer = list(self.ex.layers)[-1]
         refs = spec.references or {}
         self.scorers = {name: ReferenceScorer(v, self.dev) for name, v in refs.items()}
+        self.fungi = None
+        if spec.fungi:
+            from types import SimpleNamespace
+
+            from ._fungi_cli import build_wrapper
+
+            self.fungi, _ = build_wrapper(SimpleNamespace(**spec.fungi), self.dev, spec.source)
         self.schema = _row_schema(
-            self.ex.layers[self.emb_layer] if spec.embeddings else None, list(refs), spec.hashes
+            self.ex.layers[self.emb_layer] if spec.embeddings else None,
+            list(refs),
+            spec.hashes,
+            self.fungi.feature_dim if self.fungi is not None else 0,
         )
         self._dali = None  # built once (its pipeline too) and pointed at each shard's items
 
     def _loader(self, shard_items):
         spec = self.spec
-        if spec.hashes:
-            # The PIL path also hands back each decoded image, which the hashes need at full size.
+        if spec.hashes or spec.fungi:
+            # The PIL path also hands back each decoded image, which hashes and FUNGI views need.
             from ._dedup_signatures import _SignatureLoader
 
             return _SignatureLoader(
@@ -231,6 +246,18 @@ class ShardWorker:
             self._dali = loader
         return loader
 
+    def _fungi(self, batch) -> np.ndarray:
+        """FUNGI features [n, E * objectives] of the batch's images; each image's views come from its own
+        generator (keyed by its id), so they do not depend on batches, shards or actors."""
+        from PIL import Image
+
+        from ._fungi_cli import _item_generator
+
+        images = [Image.fromarray(d) for d in batch.decoded]
+        gens = [_item_generator(self.spec.fungi["seed"], it.id) for it in batch.items]
+        with torch.inference_mode(False), torch.enable_grad():
+            return self.fungi(images, generator=gens).float().cpu().numpy()
+
     def run(self, k: int, shard_items, progress=None, failed_before: int = 0):
         import pyarrow as pa
 
@@ -254,6 +281,8 @@ class ShardWorker:
 
                         got = image_hashes(batch.decoded, spec.hashes, device=self.dev)
                         scores.update({h: got[h].cpu().numpy() for h in spec.hashes})
+                    if self.fungi is not None:
+                        fungi = self._fungi(batch)
                 for i, (item, size) in enumerate(zip(batch.items, batch.sizes)):
                     extra = {
                         (name if name in spec.hashes else f"emd:{name}"): (
@@ -261,6 +290,8 @@ class ShardWorker:
                         )
                         for name, v in scores.items()
                     }
+                    if self.fungi is not None:
+                        extra["fungi"] = fungi[i]
                     _append(
                         rows,
                         item,
@@ -274,6 +305,8 @@ class ShardWorker:
                     )
                 for item, reason in batch.failures:
                     extra = dict.fromkeys([*(f"emd:{name}" for name in self.scorers), *spec.hashes], None)
+                    if self.fungi is not None:
+                        extra["fungi"] = None
                     _append(rows, item, k, "failed", reason, (None, None), None, spec.embeddings, extra)
                     failed += 1
                 if progress is not None:
@@ -318,6 +351,7 @@ def run_job(
     decoder: str = "auto",
     command: dict | None = None,
     hashes: Sequence[str] = (),
+    fungi: dict | None = None,
 ) -> JobResult:
     """Profile ``source`` into ``out_dir`` shard by shard; rerunning resumes (see the module docstring).
 
@@ -332,7 +366,11 @@ def run_job(
     decode exactly as PIL go through PIL) or "auto" (DALI on CUDA when installed, else PIL); the choice is
     part of the job's settings. hashes: any of "phash", "dhash": each image's 64-bit perceptual hash
     (bit-exact with the imagehash package, computed batched on the device from the decoded pixels) as an
-    int64 column, for ``neuroprint dedup`` over the job directory; needs the PIL decoder. command: the CLI's arguments, recorded in the manifest at the first run
+    int64 column, for ``neuroprint dedup`` over the job directory; needs the PIL decoder. fungi: FUNGI
+    gradient features as a ``fungi`` column, with the options of ``neuroprint features`` (a dict with any
+    of ``neuroprint._fungi_cli.JOB_DEFAULTS``' keys: objectives "fungi", timm "model", "weights",
+    "layer", "input_dim", "negatives", "fp16", "mode", "seed"); the same numbers as that command; needs
+    the PIL decoder. command: the CLI's arguments, recorded in the manifest at the first run
     so that ``neuroprint profile --resume --out-dir DIR`` can rerun it. Other arguments as
     `neuroprint.profile`.
     """
@@ -360,9 +398,15 @@ def run_job(
     bad = [h for h in hashes if h not in ("phash", "dhash")]
     if bad:
         raise ValueError(f"unknown hash {bad[0]!r}; expected phash or dhash")
-    if hashes and decoder == "dali":
-        raise ValueError("hashes are computed from the PIL decoder's full-size images: use decoder='pil'")
-    decoder = resolve_decoder("pil" if hashes else decoder, dev)
+    if fungi is not None:
+        from ._fungi_cli import job_options
+
+        fungi = job_options(fungi)
+    if (hashes or fungi) and decoder == "dali":
+        raise ValueError(
+            "hashes and FUNGI features are computed from the PIL decoder's images: use decoder='pil'"
+        )
+    decoder = resolve_decoder("pil" if (hashes or fungi) else decoder, dev)
 
     refs = {}
     for rname, ref in (references or {}).items():
@@ -388,6 +432,7 @@ def run_job(
         "seed": int(seed),
         "decoder": decoder,
         "hashes": list(hashes),
+        "fungi": fungi,
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     manifest_path = out / MANIFEST
@@ -467,6 +512,7 @@ def run_job(
         references=refs,
         decoder=decoder,
         hashes=hashes,
+        fungi=fungi,
     )
 
     failed_total = sum(v["failed"] for v in manifest["finished"].values())

@@ -89,6 +89,21 @@ def _parser() -> argparse.ArgumentParser:
         help="with --out-dir: add each image's perceptual hashes as int64 columns (for neuroprint dedup)",
     )
     pr.add_argument(
+        "--fungi",
+        default=None,
+        metavar="kl,dino,simclr",
+        help="with --out-dir: add each image's FUNGI features (as `neuroprint features`) as a column",
+    )
+    pr.add_argument("--fungi-model", default="vit_small_patch16_224", help="timm model of --fungi")
+    pr.add_argument("--fungi-weights", default="random", help="'random', 'timm' or a state-dict file")
+    pr.add_argument("--fungi-layer", default=None, help="target linear layer [default: last attn.proj]")
+    pr.add_argument("--fungi-input-dim", type=int, default=224, help="input size of --fungi-model")
+    pr.add_argument(
+        "--fungi-mode", default="compat", choices=["compat", "fixed"], help="see neuroprint.fungi"
+    )
+    pr.add_argument("--fungi-negatives", default=None, help="SimCLR negatives source [default: SOURCE]")
+    pr.add_argument("--fungi-seed", type=int, default=0, help="seeds FUNGI's heads, projection and views")
+    pr.add_argument(
         "--decoder",
         default="auto",
         choices=["auto", "pil", "dali"],
@@ -372,6 +387,24 @@ def _references(specs) -> dict:
     return refs
 
 
+def _fungi_options(args) -> dict | None:
+    if not args.fungi:
+        return None
+    negatives = args.fungi_negatives
+    if negatives and "://" not in negatives and os.path.exists(negatives):
+        negatives = os.path.abspath(negatives)
+    return {
+        "fungi": args.fungi,
+        "model": args.fungi_model,
+        "weights": args.fungi_weights,
+        "layer": args.fungi_layer,
+        "input_dim": args.fungi_input_dim,
+        "mode": args.fungi_mode,
+        "negatives": negatives,
+        "seed": args.fungi_seed,
+    }
+
+
 def _profile_job(args, dists) -> int:
     from ._job import run_job
 
@@ -402,6 +435,7 @@ def _profile_job(args, dists) -> int:
         command=_recorded_command(args),
         max_shards=args.max_shards,
         hashes=args.hashes,
+        fungi=_fungi_options(args),
     )
     if not res.complete:
         print(

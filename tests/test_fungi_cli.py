@@ -170,3 +170,52 @@ def test_dedup_reads_a_features_directory(labelled, tmp_path):
     assert [(p["id_a"], p["id_b"]) for p in pairs] == [("red/0.png", "red/0_copy.png")]
     keep = {r["id"]: r["keep"] for r in pq.read_table(tmp_path / "dups" / "keep.parquet").to_pylist()}
     assert len(keep) == len(ok) and keep["red/0.png"] and not keep["red/0_copy.png"]
+
+
+def test_job_fungi_column_equals_the_features_command(labelled, tmp_path):
+    from neuroprint._job import run_job
+    from neuroprint.cli import main
+
+    out = tmp_path / "feats"
+    assert _run(labelled, out, "--fungi", "kl,dino", "--batch-size", "4", "--seed", "3") == 0
+    want = {r["id"]: r for r in pq.read_table(out / "features.parquet").to_pylist()}
+    fungi = {"fungi": "kl,dino", "model": "vit_tiny_patch16_224", "input_dim": 32, "seed": 3}
+    common = dict(extractor="timm:test_resnet", weights="random", batch_size=3, num_workers=1, device="cpu")
+    res = run_job(labelled, tmp_path / "job", "gaussian", shard_size=4, fungi=fungi, progress=False, **common)
+    rows = pq.read_table(tmp_path / "job" / "rows").to_pylist()
+    assert res.failed == 1 and sorted(r["id"] for r in rows) == sorted(want)
+    for r in rows:
+        if r["status"] == "ok":
+            np.testing.assert_allclose(r["fungi"], want[r["id"]]["fungi"], rtol=0, atol=1e-6)
+        else:
+            assert r["fungi"] is None and want[r["id"]]["fungi"] is None
+    with pytest.raises(ValueError, match="unknown FUNGI option"):
+        run_job(labelled, tmp_path / "j2", "gaussian", fungi={"objective": "kl"}, progress=False, **common)
+    # Through the CLI: --fungi with --out-dir.
+    argv = ["profile", str(labelled), "--out-dir", str(tmp_path / "cli"), "-d", "gaussian", "-q"]
+    argv += ["--extractor", "timm:test_resnet", "--weights", "random", "--device", "cpu", "--shard-size", "4"]
+    argv += ["--fungi", "kl,dino", "--fungi-model", "vit_tiny_patch16_224", "--fungi-input-dim", "32"]
+    assert main([*argv, "--fungi-seed", "3"]) == 0
+    cli_rows = pq.read_table(tmp_path / "cli" / "rows", columns=["id", "fungi"]).to_pylist()
+    assert [r["fungi"] for r in cli_rows] == [r["fungi"] for r in rows]
+
+
+def test_job_fungi_on_ray_actors_equals_local(labelled, tmp_path):
+    pytest.importorskip("ray")
+    from neuroprint._job import run_job
+
+    fungi = {"fungi": "kl", "model": "vit_tiny_patch16_224", "input_dim": 32, "seed": 1}
+    common = dict(extractor="timm:test_resnet", weights="random", batch_size=2, num_workers=1, device="cpu")
+    common.update(shard_size=3, fungi=fungi, progress=False)
+    run_job(labelled, tmp_path / "local", "gaussian", **common)
+    run_job(labelled, tmp_path / "ray", "gaussian", ray=True, num_actors=2, **common)
+    a = pq.read_table(tmp_path / "local" / "rows", columns=["id", "status", "fungi"]).to_pylist()
+    b = pq.read_table(tmp_path / "ray" / "rows", columns=["id", "status", "fungi"]).to_pylist()
+    assert [(r["id"], r["status"]) for r in a] == [(r["id"], r["status"]) for r in b]
+    # Same views and weights; float32 sums in the ViT's matmuls differ in the last bits with the actors'
+    # thread count (1 each here vs 2 locally), hence a tolerance (features are unit-norm blocks).
+    for x, y in zip(a, b):
+        if x["fungi"] is None:
+            assert y["fungi"] is None
+        else:
+            np.testing.assert_allclose(x["fungi"], y["fungi"], rtol=0, atol=1e-5)
