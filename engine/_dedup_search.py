@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 def _as_tensor(emb, device) -> torch.Tensor:
+    if isinstance(emb, np.ndarray) and not emb.flags.writeable:
+        emb = emb.copy()  # e.g. a zero-copy view of a Parquet column; torch wants writable memory
     t = torch.as_tensor(emb)
     if t.dim() != 2:
         raise ValueError(f"embeddings must be [N, D], got shape {tuple(t.shape)}")

@@ -263,21 +263,15 @@ def run(args) -> int:
         bar = None
     items = list(source)
     for start in range(0, len(items), args.batch_size):
-        batch, images = [], []
-        for item in items[start : start + args.batch_size]:
+        chunk = items[start : start + args.batch_size]
+        batch, images, errors = [], [], {}
+        for item in chunk:
             try:
                 images.append(_pil(source, item))
                 batch.append(item)
             except DecodeError as err:
-                for key, value in (
-                    ("id", item.id),
-                    ("uri", item.uri),
-                    ("status", "failed"),
-                    ("error", str(err)),
-                ):
-                    rows[key].append(value)
-                rows["fungi"].append(None)
-                rows["embedding"].append(None)
+                errors[item.id] = str(err)
+        done = {}  # item id -> (fungi, embedding)
         if batch:
             feats = (
                 wrapper(images, generator=[_item_generator(args.seed, it.id) for it in batch]).float().cpu()
@@ -288,10 +282,19 @@ def run(args) -> int:
                     views = torch.stack([embed_transform(im.convert("RGB")) for im in images]).to(device)
                     emb = wrapper.model(views).float().cpu()
             for j, item in enumerate(batch):
-                for key, value in (("id", item.id), ("uri", item.uri), ("status", "ok"), ("error", None)):
-                    rows[key].append(value)
-                rows["fungi"].append(feats[j].numpy())
-                rows["embedding"].append(None if emb is None else emb[j].numpy())
+                done[item.id] = (feats[j].numpy(), None if emb is None else emb[j].numpy())
+        for item in chunk:  # rows in source order
+            ok = item.id in done
+            for key, value in (
+                ("id", item.id),
+                ("uri", item.uri),
+                ("status", "ok" if ok else "failed"),
+                ("error", None if ok else errors[item.id]),
+            ):
+                rows[key].append(value)
+            fungi_row, emb_row = done.get(item.id, (None, None))
+            rows["fungi"].append(fungi_row)
+            rows["embedding"].append(emb_row)
         if bar is not None:
             bar.update(len(items[start : start + args.batch_size]))
     if bar is not None:

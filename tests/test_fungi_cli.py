@@ -183,7 +183,7 @@ def test_job_fungi_column_equals_the_features_command(labelled, tmp_path):
     common = dict(extractor="timm:test_resnet", weights="random", batch_size=3, num_workers=1, device="cpu")
     res = run_job(labelled, tmp_path / "job", "gaussian", shard_size=4, fungi=fungi, progress=False, **common)
     rows = pq.read_table(tmp_path / "job" / "rows").to_pylist()
-    assert res.failed == 1 and sorted(r["id"] for r in rows) == sorted(want)
+    assert res.failed == 1 and [r["id"] for r in rows] == list(want)  # both in source order
     for r in rows:
         if r["status"] == "ok":
             np.testing.assert_allclose(r["fungi"], want[r["id"]]["fungi"], rtol=0, atol=1e-6)
