@@ -296,14 +296,18 @@ class ImageLoader:
         """One item -> (pixels, (width, height)) or (None, reason)."""
         try:
             img = decode_image(self.source.read(item))
-            rng = self._rng_for(item) if self.recipe.crop == "random" else None
-            return preprocess(img, self.recipe, rng), (int(img.shape[1]), int(img.shape[0]))
+            return self._prepare(item, img), (int(img.shape[1]), int(img.shape[0]))
         except DecodeError as e:
             reason = _one_line(e)
         except Exception as e:  # one bad item must never end the job; the reason goes to its failure row
             reason = f"{type(e).__name__}: {_one_line(e)}"
         logger.debug("skipping %s: %s", item.uri, reason)
         return None, reason
+
+    def _prepare(self, item: Item, img: np.ndarray):
+        """What a decoded image becomes in its batch: here the network's input pixels."""
+        rng = self._rng_for(item) if self.recipe.crop == "random" else None
+        return preprocess(img, self.recipe, rng)
 
     def _collate(self, chunk: list[Item], results: list[tuple[torch.Tensor | None, object]]) -> Batch:
         ok_items, tensors, failures, sizes = [], [], [], []

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._decode import Batch, ImageLoader, _one_line, decode_image, preprocess
-from ._errors import DecodeError, EmptySourceError, NeuroprintError
+from ._decode import Batch, ImageLoader
+from ._errors import EmptySourceError, NeuroprintError
 from ._hashes import image_hashes
 
 logger = logging.getLogger(__name__)
@@ -63,21 +63,9 @@ class _SignatureLoader(ImageLoader):
         self.need_pixels = need_pixels
         self.need_decoded = need_decoded  # full-size images are held until their batch is hashed
 
-    def load(self, item):
-        try:
-            img = decode_image(self.source.read(item))
-            pixels = None
-            if self.need_pixels:
-                rng = self._rng_for(item) if self.recipe.crop == "random" else None
-                pixels = preprocess(img, self.recipe, rng)
-            size = (int(img.shape[1]), int(img.shape[0]))
-            return (pixels, img if self.need_decoded else None), size
-        except DecodeError as e:
-            reason = _one_line(e)
-        except Exception as e:  # one bad item must never end the pass; the reason goes to its failure row
-            reason = f"{type(e).__name__}: {_one_line(e)}"
-        logger.debug("skipping %s: %s", item.uri, reason)
-        return None, reason
+    def _prepare(self, item, img):
+        pixels = super()._prepare(item, img) if self.need_pixels else None
+        return pixels, img if self.need_decoded else None
 
     def _collate(self, chunk, results) -> Batch:
         items, tensors, decoded, failures, sizes = [], [], [], [], []
