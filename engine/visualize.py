@@ -136,9 +136,12 @@ class _Stop(Exception):
 # Reading layers
 
 
-def _as_bcp(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
-    """A layer output as [B, C, P] and its grid: NCHW (CNN), NLC (tokens), NC (vectors)."""
+def _as_bcp(t: torch.Tensor, nhwc: bool = False) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """A layer output as [B, C, P] and its grid: NCHW (CNN; NHWC when the model says so), NLC
+    (tokens), NC (vectors)."""
     if t.dim() == 4:
+        if nhwc:
+            t = t.permute(0, 3, 1, 2)
         return t.flatten(2), (int(t.shape[2]), int(t.shape[3]))
     if t.dim() == 3:
         return t.transpose(1, 2), None
@@ -152,7 +155,8 @@ class LayerReader:
 
     ``model`` is any ``nn.Module`` (layers are module paths) or a neuroprint ``Extractor`` (module
     paths inside ``ex.backbone.net``, or its tap names). ``name:pre`` reads the input of the module.
-    The forward stops right after the last needed layer.
+    The forward stops right after the last needed layer. Models whose ``output_fmt`` is "NHWC"
+    (timm's Swin, ...) have their 4-D layer outputs read channels-last.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str]):
@@ -160,6 +164,7 @@ class LayerReader:
         self.layers = list(dict.fromkeys(layers))
         net = getattr(getattr(model, "backbone", None), "net", None)
         self.root = net if isinstance(net, nn.Module) else model
+        self.nhwc = getattr(self.root, "output_fmt", "NCHW") == "NHWC"
         taps = getattr(model, "layers", None)
         self.modules: dict[str, nn.Module] = {}
         self.taps: list[str] = []
@@ -215,7 +220,7 @@ class LayerReader:
             raise VisualizeError(f"layer(s) {missing} did not run in the model's forward")
         acts, grids = {}, {}
         for name, t in got.items():
-            acts[name], grids[name] = _as_bcp(t)
+            acts[name], grids[name] = _as_bcp(t, self.nhwc)
         for name in self.taps:
             t = out[name.partition(":")[0]]  # extractor taps are [B, P, C]
             acts[name], grids[name] = t.transpose(1, 2), None

@@ -381,3 +381,36 @@ def test_render_runs_on_the_models_cuda_device():
     cpu = vis.render(tiny_cnn(), "2", [0, 3], size=32, steps=4, transforms="standard")
     assert res.images.device.type == "cpu"
     torch.testing.assert_close(res.images, cpu.images, atol=1e-3, rtol=0)
+
+
+def test_nhwc_layers_are_read_channels_last():
+    """timm's Swin keeps stage outputs as [B, H, W, C] (``output_fmt == "NHWC"``)."""
+    timm = pytest.importorskip("timm")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = timm.create_model(
+            "swin_tiny_patch4_window7_224",
+            pretrained=False,
+            num_classes=0,
+            img_size=56,
+            embed_dim=24,
+            depths=(1, 1),
+            num_heads=(1, 2),
+        )
+    net = net.eval().requires_grad_(False)
+    assert net.output_fmt == "NHWC"
+    x = torch.rand(2, 3, 56, 56)
+    raw = {}
+    handle = net.layers[1].register_forward_hook(lambda m, i, o: raw.setdefault("o", o))
+    acts, grids = vis.LayerReader(net, ["layers.1"])(x)
+    handle.remove()
+    assert raw["o"].shape == (2, 7, 7, 48)
+    assert grids["layers.1"] == (7, 7) and acts["layers.1"].shape == (2, 48, 49)
+    torch.testing.assert_close(acts["layers.1"], raw["o"].permute(0, 3, 1, 2).flatten(2))
+    ctx = vis.VisContext(acts=acts, grids=grids, images=x, k=2)
+    # neuron (y=1, x=5) of channel 40 is element [b, 1, 5, 40] of the NHWC output
+    torch.testing.assert_close(vis.neuron("layers.1", 40, y=1, x=5)(ctx), raw["o"][:, 1, 5, 40])
+    assert vis.layer_channels(net, "layers.1", 56) == 48
+    # Swin needs its fixed input size: no padding transforms
+    res = vis.render(net, "layers.1", [3, 40], size=56, steps=4, lr=0.05, transforms="none")
+    assert bool((res.objective > res.initial).all())
