@@ -1,10 +1,16 @@
 """Optimisers for feature visualisation: Adam, SGD, cnnpref's scheduled GD with momentum, L-BFGS.
 
-All of them minimise the loss ``-sum_k objective_k`` returned by a closure and call ``project()``
-after every step so bounded parameterisations (raw pixels in [0, 1], DGN codes) stay inside their
-bounds. Adam, SGD and the scheduled GD act element-wise or per item, so item k follows the path it
-would follow alone; L-BFGS keeps one curvature history and one line search for the whole batch
-(items are coupled through its step length), as ``torch.optim.LBFGS`` does.
+Every optimiser's ``step(closure)`` takes a closure that returns the per-item losses ``[K]``
+(``-objective_k``) after back-propagating their sum. The caller calls ``project()`` after every step
+so bounded parameterisations (raw pixels in [0, 1], DGN codes) stay inside their bounds.
+
+Adam, SGD and the scheduled GD act element-wise or per item, so item k follows the path it would
+follow alone. "lbfgs" (``BoundedLBFGS``) is a projected L-BFGS with box bounds run as K independent
+problems in one batch: each item has its own curvature history, search direction and backtracking
+line search, so item k also follows its own path (up to batched-arithmetic rounding), and its bounds
+hold at every evaluation, not only after a clamp. "lbfgs-joint" is ``torch.optim.LBFGS`` on the whole
+batch (one history and one strong-Wolfe line search; items coupled through the step length, bounds
+by clamping after the step), the pre-1.0 behaviour.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 
 from ._vis_transforms import gaussian_blur
 
-OPTIMIZERS = ("adam", "sgd", "gd", "lbfgs")
+OPTIMIZERS = ("adam", "sgd", "gd", "lbfgs", "lbfgs-joint")
 
 
 def _linear(start: float, end: float, t: int, steps: int) -> float:
@@ -74,7 +80,7 @@ class ScheduledGD:
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         with torch.enable_grad():
-            loss = closure()
+            loss = closure().sum()
         s, t, n = self.s, self.t, self.steps
         lr = _linear(*s.lr, t, n)
         mom = _linear(*s.momentum, t, n)
@@ -118,7 +124,163 @@ class _Torch:
         self.opt.zero_grad(set_to_none=True)
 
     def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
-        return self.opt.step(closure)
+        return self.opt.step(lambda: closure().sum())
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of [G, n] tensors, accumulated in float64."""
+    return (a * b).sum(1, dtype=torch.float64)
+
+
+class BoundedLBFGS:
+    """Projected L-BFGS with box bounds, one independent problem per batch item.
+
+    The batch's parameters are split into G groups: G = K items when every parameter has the items
+    as its first dimension, else G = 1 (a parameter shared by the batch couples the items into one
+    problem). Per group and step:
+
+    1. evaluate loss and gradient at the current point (the closure re-draws nothing within a step);
+    2. hold the variables on a bound whose gradient points outward; the two-loop recursion over the
+       group's last ``history_size`` (s, y) pairs gives the direction on the free ones (steepest
+       descent when that is not a descent direction or there is no history yet);
+    3. backtracking line search along the projected path ``P(x + t d)`` from ``t = lr`` (first
+       step: ``lr * min(1, 1/|g|_1)``, as torch's L-BFGS), halving ``t`` until the projected Armijo
+       condition ``f(P(x + t d)) <= f(x) + c1 g.(P(x + t d) - x)`` holds, at most ``max_ls`` times
+       (a group that never satisfies it keeps its point for this step);
+    4. store the pair (s, y) when ``s.y > 0``.
+
+    This is the projected quasi-Newton scheme of Kim, Sra & Dhillon (2010), not the generalised
+    Cauchy point of L-BFGS-B (Byrd et al. 1995); both keep every iterate inside the box. Each step
+    costs one evaluation plus one per line-search trial, each a batched forward and backward of all
+    items (items already accepted are re-evaluated at their accepted point).
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        *,
+        items: int,
+        lr: float = 1.0,
+        bounds: dict[int, tuple[object, object]] | None = None,
+        history_size: int = 10,
+        max_ls: int = 12,
+        c1: float = 1e-4,
+    ):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("no parameters to optimise")
+        per_item = all(p.dim() >= 1 and p.shape[0] == items for p in self.params)
+        self.groups = int(items) if per_item else 1
+        self.items = int(items)
+        self.lr, self.m, self.max_ls, self.c1 = float(lr), int(history_size), int(max_ls), float(c1)
+        if self.lr <= 0 or self.m < 1 or self.max_ls < 1:
+            raise ValueError("lbfgs needs lr > 0, history_size >= 1 and max_ls >= 1")
+        lo, hi = [], []
+        for p in self.params:
+            b_lo, b_hi = (bounds or {}).get(id(p), (None, None))
+            lo.append(self._full(b_lo, p, float("-inf")))
+            hi.append(self._full(b_hi, p, float("inf")))
+        self.lo, self.hi = self._flat(lo), self._flat(hi)
+        if bool((self.lo > self.hi).any()):
+            raise ValueError("a lower bound is above its upper bound")
+        self.s: list[torch.Tensor] = []
+        self.y: list[torch.Tensor] = []
+        self.rho: list[torch.Tensor] = []
+        self.gamma = torch.ones(self.groups, dtype=torch.float64, device=self.lo.device)
+        self.pairs = torch.zeros(self.groups, dtype=torch.long, device=self.lo.device)
+        self.evaluations = 0
+
+    @staticmethod
+    def _full(bound: object, p: torch.Tensor, fill: float) -> torch.Tensor:
+        if bound is None:
+            return torch.full_like(p, fill)
+        b = torch.as_tensor(bound, dtype=p.dtype, device=p.device)
+        # A tensor bound is per element of one item (e.g. a [4096] code bound): broadcast over items.
+        return torch.broadcast_to(b, p.shape).clone()
+
+    def _flat(self, ts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(self.groups, -1) for t in ts], 1)
+
+    def _set(self, x: torch.Tensor) -> None:
+        at = 0
+        for p in self.params:
+            n = p.numel() // self.groups
+            p.copy_(x[:, at : at + n].reshape(p.shape))
+            at += n
+
+    def _evaluate(self, closure: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        for p in self.params:
+            p.grad = None
+        with torch.enable_grad():
+            f = closure().detach()
+        self.evaluations += 1
+        f = f.reshape(-1).to(torch.float64)
+        if self.groups == 1:
+            f = f.sum().reshape(1)
+        elif f.numel() != self.groups:
+            raise ValueError(f"the closure returned {f.numel()} losses for {self.groups} items")
+        g = self._flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
+        return f, g
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        lo, hi = self.lo, self.hi
+        x = torch.minimum(torch.maximum(self._flat([p.detach() for p in self.params]), lo), hi)
+        self._set(x)
+        f, g = self._evaluate(closure)
+        free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
+        q = g * free
+        alphas = []
+        for s, y, rho in zip(reversed(self.s), reversed(self.y), reversed(self.rho)):
+            a = rho * _dot(s, q)
+            q = q - a.to(q.dtype)[:, None] * y
+            alphas.append(a)
+        r = self.gamma.to(q.dtype)[:, None] * q
+        for s, y, rho, a in zip(self.s, self.y, self.rho, reversed(alphas)):
+            b = rho * _dot(y, r)
+            r = r + (a - b).to(r.dtype)[:, None] * s
+        d = -r * free
+        steepest = -g * free
+        gd = _dot(g, d)
+        use_steepest = ~torch.isfinite(gd) | (gd >= 0) | (self.pairs == 0)
+        d = torch.where(use_steepest[:, None], steepest, d)
+        t = torch.full((self.groups,), self.lr, dtype=torch.float64, device=x.device)
+        first = self.pairs == 0
+        g1 = steepest.abs().sum(1, dtype=torch.float64).clamp_min(1e-300)
+        t = torch.where(first, self.lr * torch.clamp(1.0 / g1, max=1.0), t)
+
+        accepted = torch.zeros(self.groups, dtype=torch.bool, device=x.device)
+        x_new, f_new, g_new = x.clone(), f.clone(), g.clone()
+        for _ in range(self.max_ls):
+            trial = torch.minimum(torch.maximum(x + t.to(x.dtype)[:, None] * d, lo), hi)
+            self._set(torch.where(accepted[:, None], x_new, trial))
+            ft, gt = self._evaluate(closure)
+            ok = ~accepted & torch.isfinite(ft) & (ft <= f + self.c1 * _dot(g, trial - x))
+            x_new = torch.where(ok[:, None], trial, x_new)
+            g_new = torch.where(ok[:, None], gt, g_new)
+            f_new = torch.where(ok, ft, f_new)
+            accepted |= ok
+            if bool(accepted.all()):
+                break
+            t = torch.where(accepted, t, t * 0.5)
+        self._set(x_new)
+
+        s, y = x_new - x, g_new - g
+        sy, yy = _dot(s, y), _dot(y, y)
+        valid = accepted & (sy > 1e-10) & (yy > 0)
+        keep = valid[:, None]
+        self.s.append(torch.where(keep, s, torch.zeros_like(s)))
+        self.y.append(torch.where(keep, y, torch.zeros_like(y)))
+        self.rho.append(torch.where(valid, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy)))
+        if len(self.s) > self.m:
+            self.s.pop(0), self.y.pop(0), self.rho.pop(0)
+        self.gamma = torch.where(valid, sy / yy.clamp_min(1e-300), self.gamma)
+        self.pairs += valid.long()
+        return f.sum()
 
 
 def make_optimizer(
@@ -130,8 +292,12 @@ def make_optimizer(
     image_params: Sequence[torch.Tensor] = (),
     centre: float = 0.0,
     options: dict | None = None,
+    items: int = 1,
+    bounds: dict[int, tuple[object, object]] | None = None,
 ):
-    """Build the named optimiser; ``options`` go to the torch optimiser or to ``GDSchedule``."""
+    """Build the named optimiser; ``options`` go to the torch optimiser, to ``GDSchedule`` or to
+    ``BoundedLBFGS`` (history_size, max_ls, c1). ``items`` is the batch size K and ``bounds`` the
+    parameters' boxes (``ImageParam.box()``), used by "lbfgs"."""
     options = dict(options or {})
     if name == "adam":
         return _Torch(torch.optim.Adam(params, lr=lr, **options))
@@ -143,6 +309,8 @@ def make_optimizer(
             sched.lr = (lr, sched.lr[1])
         return ScheduledGD(params, steps, sched, image_params=image_params, centre=centre)
     if name == "lbfgs":
+        return BoundedLBFGS(params, items=items, lr=lr, bounds=bounds, **options)
+    if name == "lbfgs-joint":
         kw = {"max_iter": 1, "history_size": 10, "line_search_fn": "strong_wolfe", **options}
         return _Torch(torch.optim.LBFGS(params, lr=lr, **kw))
     raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")

@@ -81,6 +81,11 @@ class ImageParam(nn.Module):
     def project(self) -> None:
         """Clamp parameters into their bounds (a no-op for unbounded parameterisations)."""
 
+    def box(self) -> dict[int, tuple[object, object]]:
+        """Bounds of bounded parameters: ``id(param) -> (lower, upper)``, each None, a float or a
+        tensor broadcastable to one item of the parameter (what bounded L-BFGS honours exactly)."""
+        return {}
+
     @property
     def batch(self) -> int:
         return int(self.forward_shape()[0])
@@ -184,6 +189,9 @@ class PixelParam(_SpatialParam):
     def project(self) -> None:
         if self.bounds is not None:
             self.pixels.clamp_(*self.bounds)
+
+    def box(self) -> dict[int, tuple[object, object]]:
+        return {} if self.bounds is None else {id(self.pixels): tuple(self.bounds)}
 
 
 class FFTParam(_SpatialParam):
@@ -394,3 +402,6 @@ class DGNParam(ImageParam):
     @torch.no_grad()
     def project(self) -> None:
         self.code.clamp_(min=self.lower, max=self.upper)
+
+    def box(self) -> dict[int, tuple[object, object]]:
+        return {id(self.code): (self.lower, self.upper)}

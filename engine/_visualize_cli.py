@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Names only: torch is imported when the command runs, so `neuroprint --help` stays fast.
 _PARAMS = ("fft", "pixel", "alpha", "dgn")
-_OPTIMIZERS = ("adam", "sgd", "gd", "lbfgs")
+_OPTIMIZERS = ("adam", "sgd", "gd", "lbfgs", "lbfgs-joint")
 _BACKGROUNDS = ("random", "noise", "adversarial")
 
 
@@ -59,7 +59,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     vp.add_argument("--param", choices=_PARAMS, default="fft", help="image parameterisation")
     vp.add_argument("--steps", type=int, default=256, help="optimisation steps")
     vp.add_argument("--size", type=int, default=128, help="image height and width in pixels")
-    vp.add_argument("--optimizer", choices=_OPTIMIZERS, default="adam", help="gd = cnnpref's scheduled GD")
+    vp.add_argument(
+        "--optimizer",
+        choices=_OPTIMIZERS,
+        default="adam",
+        help="gd = cnnpref's scheduled GD; lbfgs = bounded L-BFGS per unit; lbfgs-joint = torch's L-BFGS "
+        "over the whole batch",
+    )
     vp.add_argument("--lr", type=float, default=0.05, help="learning rate (gd: start of its linear schedule)")
     vp.add_argument(
         "--transforms", choices=("standard", "none"), default="standard", help="random transforms per item"

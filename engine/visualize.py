@@ -395,7 +395,7 @@ class _Run:
         return x, x.shape[0]
 
     def values(self, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-item objective [K], loss to minimise) for the current parameters."""
+        """(per-item objective [K], per-item loss to minimise [K]) for the current parameters."""
         images = self.param()
         x, rows = self._network_input(images, train=train)
         acts, grids = self.reader(x)
@@ -403,12 +403,13 @@ class _Run:
         vals = self.objective(ctx)
         if self.penalty is not None:
             vals = vals + self.penalty(ctx)
-        loss = -vals.sum()
+        loss = -vals
         if rows > self.k:
+            # The adversarial background of item k lowers item k's objective (second half of the batch).
             bg_ctx = VisContext(
                 acts={n: a[self.k :] for n, a in acts.items()}, grids=grids, images=images, k=self.k
             )
-            loss = loss + self.objective(bg_ctx).sum()
+            loss = loss + self.objective(bg_ctx)
         return vals, loss
 
     def project(self) -> None:
@@ -449,7 +450,10 @@ def render(
         (fc6 generator; ``param_options`` take ``generator`` / ``generator_weights`` and
         ``code_bounds``), or a built ``ImageParam`` with one item per unit.
     optimizer: "adam", "sgd", "gd" (cnnpref's schedules; ``optimizer_options`` are ``GDSchedule``
-        fields) or "lbfgs" (one L-BFGS iteration per step, parameters projected into their bounds).
+        fields), "lbfgs" (one iteration per step of a projected L-BFGS with box bounds, run as an
+        independent problem per item: own history and line search, bounds held at every
+        evaluation; ``optimizer_options``: history_size, max_ls, c1) or "lbfgs-joint"
+        (``torch.optim.LBFGS`` over the whole batch, bounds by clamping after the step).
     transforms: "standard" (Lucid's pad / jitter / scale / rotate / jitter, drawn per item), "none"
         or a list of transform objects.
     normalize: (mean, std) applied after the transforms; "auto" takes an Extractor's recipe, else
@@ -545,6 +549,8 @@ def render(
             image_params=image_ps,
             centre=centre,
             options=optimizer_options,
+            items=len(chunk),
+            bounds=p.box(),
         )
         hist = []
         for _ in range(steps):
@@ -557,9 +563,9 @@ def render(
                     g.set_state(s)
                 opt.zero_grad()
                 vals, loss = run.values(train=True)
-                loss.backward()
+                loss.sum().backward()
                 last[:] = [vals.detach()]
-                return loss
+                return loss.detach()
 
             opt.step(closure)
             run.project()

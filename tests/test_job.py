@@ -201,15 +201,26 @@ def test_job_reference_columns_equal_score_images(image_sets, job_ranges, tmp_pa
 
     ref = profile(image_sets["good"], "histogram-40", ranges=job_ranges, **KW)["histogram-40"]
     ref.save(tmp_path / "ref")
-    res = run_job(image_sets["mixed"], tmp_path / "job", "gaussian", references={"ref": tmp_path / "ref"}, shard_size=6, **KW)
+    res = run_job(
+        image_sets["mixed"],
+        tmp_path / "job",
+        "gaussian",
+        references={"ref": tmp_path / "ref"},
+        shard_size=6,
+        **KW,
+    )
     rows = pq.read_table(tmp_path / "job" / "rows").to_pylist()
-    scores = score_images(image_sets["mixed"], ref, batch_size=3, num_workers=2, progress=False, device="cpu").to_pylist()
+    scores = score_images(
+        image_sets["mixed"], ref, batch_size=3, num_workers=2, progress=False, device="cpu"
+    ).to_pylist()
     assert [r["id"] for r in rows] == [s["id"] for s in scores]
     for r, s in zip(rows, scores):
         assert (r["emd:ref"] is None) == (s["emd"] is None)
         if s["emd"] is not None:
             assert r["emd:ref"] == pytest.approx(s["emd"], rel=1e-12)
     assert res.failed == 4
-    other = profile(image_sets["good"], "histogram-40", ranges=job_ranges, **{**KW, "seed": 5})["histogram-40"]
+    other = profile(image_sets["good"], "histogram-40", ranges=job_ranges, **{**KW, "seed": 5})[
+        "histogram-40"
+    ]
     with pytest.raises(IncompatibleVDNAError, match="weights"):
         run_job(image_sets["good"], tmp_path / "job2", "gaussian", references={"x": other}, **KW)

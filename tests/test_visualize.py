@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -145,7 +146,8 @@ def _step0_grads(net, units, kind="fft", transforms="standard", seed=0):
         reader=vis.LayerReader(net, ["2"]),
     )
     _, loss = run.values(train=True)
-    loss.backward()
+    assert loss.shape == (len(units),)
+    loss.sum().backward()
     return next(p.parameters()).grad
 
 
@@ -414,3 +416,122 @@ def test_nhwc_layers_are_read_channels_last():
     # Swin needs its fixed input size: no padding transforms
     res = vis.render(net, "layers.1", [3, 40], size=56, steps=4, lr=0.05, transforms="none")
     assert bool((res.objective > res.initial).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded L-BFGS
+
+
+def test_bounded_lbfgs_solves_box_qps_like_scipy_lbfgsb():
+    """K independent box-constrained quadratics in one batch reach scipy L-BFGS-B's optimum each."""
+    optimize = pytest.importorskip("scipy.optimize")
+    from neuroprint._vis_optim import BoundedLBFGS
+
+    g = torch.Generator().manual_seed(0)
+    k, n = 4, 12
+    a = torch.randn(k, n, n, generator=g, dtype=torch.float64)
+    h = a @ a.transpose(1, 2) + 0.5 * torch.eye(n, dtype=torch.float64)  # SPD per item
+    c = torch.randn(k, n, generator=g, dtype=torch.float64) * 3
+    x = nn.Parameter(torch.zeros(k, n, dtype=torch.float64))
+    lo, hi = -0.5, torch.linspace(0.1, 1.0, n, dtype=torch.float64)
+    opt = BoundedLBFGS([x], items=k, lr=1.0, bounds={id(x): (lo, hi)}, history_size=8)
+    seen = []
+
+    def closure():
+        seen.append(x.detach().clone())
+        f = 0.5 * torch.einsum("ki,kij,kj->k", x, h, x) - (c * x).sum(1)
+        f.sum().backward()
+        return f.detach()
+
+    for _ in range(60):
+        opt.step(closure)
+    for pt in seen:  # every evaluation, line-search trials included, is inside the box
+        assert float(pt.min()) >= lo and bool((pt <= hi).all())
+    for i in range(k):
+        hi_np = hi.numpy()
+        res = optimize.minimize(
+            lambda v, i=i: (0.5 * v @ h[i].numpy() @ v - c[i].numpy() @ v, h[i].numpy() @ v - c[i].numpy()),
+            np.zeros(n),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(lo, float(u)) for u in hi_np],
+            options={"ftol": 1e-15, "gtol": 1e-12},
+        )
+        torch.testing.assert_close(x[i].detach(), torch.from_numpy(res.x), atol=1e-5, rtol=0)
+    on_bounds = ((x - lo).abs() < 1e-9) | ((x - hi).abs() < 1e-9)
+    assert on_bounds.any()  # the boxes were active at the optimum
+
+
+def test_bounded_lbfgs_items_are_independent_problems():
+    """Batched items follow the path each follows alone: own history, own line search (float64, where
+    rounding cannot hide a coupling; quasi-Newton steps amplify float32 rounding of batched kernels)."""
+    from neuroprint._vis_optim import BoundedLBFGS
+
+    g = torch.Generator().manual_seed(1)
+    k, n = 5, 10
+    w = torch.randn(k, n, generator=g, dtype=torch.float64)
+    # Very different scales: items need different numbers of backtracking trials per step.
+    scale = torch.tensor([1.0, 30.0, 0.05, 400.0, 3.0], dtype=torch.float64)
+    x0 = torch.rand(k, n, generator=g, dtype=torch.float64)
+
+    def loss_of(x, idx):
+        # smooth, non-quadratic, coupled across the coordinates of one item
+        return scale[idx] * (nn.functional.softplus(2 * (x * w[idx]).sum(-1)) + (x**4).sum(-1) - x.sum(-1))
+
+    def run(idx):
+        x = nn.Parameter(x0[idx].clone())
+        opt = BoundedLBFGS([x], items=len(idx), lr=1.0, bounds={id(x): (0.0, 0.8)}, history_size=4)
+
+        def closure():
+            f = loss_of(x, idx)
+            f.sum().backward()
+            return f.detach()
+
+        for _ in range(12):
+            opt.step(closure)
+        return x.detach(), opt
+
+    both, opt = run(list(range(k)))
+    assert opt.evaluations > 2 * 12  # some items backtracked
+    for i in range(k):
+        alone, _ = run([i])
+        torch.testing.assert_close(both[i], alone[0], atol=1e-12, rtol=0)
+    assert float(both.min()) >= 0.0 and float(both.max()) <= 0.8
+
+
+def test_bounded_lbfgs_render_keeps_pixel_bounds_and_raises_every_unit():
+    net, units = tiny_cnn(), [1, 4, 9]
+    kw = dict(
+        param="pixel",
+        param_options={"sigmoid": False, "bounds": (0.1, 0.9), "sd": 0.2},
+        size=24,
+        steps=5,
+        optimizer="lbfgs",
+        lr=1.0,
+        seed=2,
+        transforms="none",
+    )
+    batched = vis.render(net, "2", units, **kw)
+    assert float(batched.images.min()) >= 0.1 and float(batched.images.max()) <= 0.9
+    assert bool((batched.objective > batched.initial).all())
+    alone = vis.render(net, "2", [units[0]], **{**kw, "steps": 1})
+    one_step = vis.render(net, "2", units, **{**kw, "steps": 1})
+    torch.testing.assert_close(one_step.images[0], alone.images[0], atol=1e-6, rtol=0)
+    # torch's coupled L-BFGS is still there, by name
+    joint = vis.render(net, "2", units, **{**kw, "optimizer": "lbfgs-joint"})
+    assert bool((joint.objective > joint.initial).all())
+
+
+def test_bounded_lbfgs_with_a_shared_component_is_one_problem():
+    from neuroprint._vis_optim import BoundedLBFGS
+
+    p = vis.PixelParam(3, (16, 16), sd=0.1, shared=4, seed=1)
+    opt = BoundedLBFGS(list(p.parameters()), items=3, lr=1.0, bounds=p.box())
+    assert opt.groups == 1
+    res = vis.render(
+        tiny_cnn(), "2", [0, 1, 2], param=p, steps=4, optimizer="lbfgs", lr=1.0, transforms="none"
+    )
+    assert float(res.objective.sum()) > float(res.initial.sum())  # one problem: its total rises
+    with pytest.raises(ValueError, match="lower bound is above"):
+        x = nn.Parameter(torch.zeros(2, 3))
+        BoundedLBFGS([x], items=2, bounds={id(x): (1.0, 0.0)})
