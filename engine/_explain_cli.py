@@ -119,6 +119,28 @@ def add_rf_parser(subparsers) -> argparse.ArgumentParser:
     rp.add_argument("--unit", default=None, help="Y,X of a unit of --layer: print its input region")
     rp.add_argument("--input-size", type=int, nargs=2, default=None, help="H W to clip regions to")
     rp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    em = rp.add_argument_group(
+        "empirical field (--empirical SOURCE --layer L --unit Y,X)",
+        "Occlude each image of SOURCE with a sliding window and see where unit (Y,X) of --layer reacts: "
+        "the per-image discrepancy maps are scaled to peak 1 and averaged; the field is where the mean "
+        "reaches --threshold of its peak. Printed next to the theoretical region of the same unit.",
+    )
+    em.add_argument("--empirical", metavar="SOURCE", default=None, help="images: folder, list, Parquet, URL")
+    em.add_argument(
+        "--weights",
+        default="default",
+        help="'default', 'random' or a checkpoint (the theoretical field needs none)",
+    )
+    em.add_argument("--channel", type=int, default=None, help="one channel at (Y,X); default: every channel")
+    em.add_argument("--num-images", type=int, default=64, help="use the first N images of SOURCE")
+    em.add_argument("--window", type=int, nargs="+", default=[7], help="occluder side, or height width")
+    em.add_argument("--stride", type=int, nargs="+", default=[2], help="occluder step, or y x")
+    em.add_argument("--threshold", type=float, default=0.5, help="fraction of the mean map's peak")
+    em.add_argument("--map", default=None, help="also write the mean map as a PNG heat map here")
+    em.add_argument("--batch-size", type=int, default=8, help="images decoded together")
+    em.add_argument("--max-rows", type=int, default=64, help="occluded images per forward")
+    em.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    em.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return rp
 
 
@@ -446,6 +468,14 @@ def run_rf(args) -> int:
         except ValueError:
             raise ValueError(f"--unit takes Y,X, not {args.unit!r}") from None
         region = table[args.layer].region(y, x, size)
+    empirical = None
+    if args.empirical is not None:
+        if not args.layer or args.unit is None:
+            raise ValueError("--empirical needs --layer and --unit Y,X")
+        empirical = _empirical_rf(args, (y, x))
+        if size is None:  # the theoretical region on the images' grid
+            h, w = empirical["input_size"]
+            region = table[args.layer].region(y, x, (h, w))
     if args.json:
         out = {
             name: {"size": rf.size, "stride": rf.stride, "start": rf.start, "global": rf.is_global}
@@ -453,6 +483,8 @@ def run_rf(args) -> int:
         }
         if region is not None:
             out[args.layer]["region"] = {"unit": args.unit, "y": region[0], "x": region[1]}
+        if empirical is not None:
+            out[args.layer]["empirical"] = empirical
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
     width = max(len(n) for n in table) if table else 5
@@ -466,5 +498,87 @@ def run_rf(args) -> int:
     if region is not None:
         (y0, y1), (x0, x1) = region
         lines.append(f"unit ({args.unit}) of {args.layer}: rows {y0}..{y1 - 1}, columns {x0}..{x1 - 1}")
+    if empirical is not None:
+        (y0, y1), (x0, x1) = empirical["y"], empirical["x"]
+        lines.append(
+            f"empirical field over {empirical['images']} images ({empirical['units']} unit(s), "
+            f"threshold {empirical['threshold']:g}): rows {y0}..{y1 - 1}, columns {x0}..{x1 - 1}, "
+            f"{empirical['area']} px"
+            + (f"; {empirical['failed']} image(s) unreadable" if empirical["failed"] else "")
+        )
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _empirical_rf(args, yx: tuple[int, int]) -> dict:
+    """Occlusion maps of unit ``yx`` (one channel or all) over the images of ``args.empirical``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ._decode import ImageLoader
+    from ._sources import open_source
+    from .explain import Occlusion, Unit, empirical_field
+    from .extractors import create_extractor
+
+    if not 0 < args.threshold <= 1:
+        raise ValueError("--threshold must be in (0, 1]")
+    if args.num_images < 1 or args.batch_size < 1 or args.max_rows < 1:
+        raise ValueError("--num-images, --batch-size and --max-rows must be at least 1")
+    window = _parse_pair(args.window, "window")
+    stride = _parse_pair(args.stride, "stride")
+    ex = create_extractor(args.extractor, weights=args.weights, device=args.device)
+    explainer = Occlusion(ex, args.layer, max_rows=args.max_rows)
+    source = open_source(args.empirical, num_images=args.num_images)
+    loader = ImageLoader(source, ex.recipe, batch_size=args.batch_size, num_workers=2)
+    maps, failed, units, field_box = [], 0, None, None
+    with tqdm(total=len(source), desc="empirical rf", unit="img", disable=args.quiet) as bar:
+        for batch in loader:
+            failed += len(batch.failures)
+            bar.update(len(batch.failures))
+            if not batch.items:
+                continue
+            x = batch.pixels.to(args.device)
+            if units is None:
+                shape = explainer.layer_shape(x[:1])
+                if shape.grid is None:
+                    raise ValueError(f"layer {args.layer!r} has no spatial grid; its units have no field")
+                gy, gx = shape.grid
+                if not (0 <= yx[0] < gy and 0 <= yx[1] < gx):
+                    raise ValueError(f"unit {yx} is outside layer {args.layer!r}'s {gy}x{gx} grid")
+                if args.channel is not None and not 0 <= args.channel < shape.channels:
+                    raise ValueError(f"--channel {args.channel} is outside the layer's {shape.channels}")
+                channels = [args.channel] if args.channel is not None else range(shape.channels)
+                units = [Unit(channel=c, position=yx) for c in channels]
+            if field_box is None:
+                from .explain import receptive_field
+
+                # Occluding outside the unit's theoretical field cannot move it: those windows are skipped.
+                rf = receptive_field(ex, args.layer)
+                field_box = None if rf.is_global else rf.region(yx[0], yx[1], tuple(x.shape[-2:]))
+            res = explainer.attribute(
+                x, units, window=window, stride=stride, progress=bar.update, region=field_box
+            )
+            maps.append(res.maps.flatten(0, 1).cpu())  # [N*K, H, W]
+    if not maps:
+        raise ValueError(f"no image of {args.empirical} could be read ({failed} failed)")
+    all_maps = torch.cat(maps)
+    field = empirical_field(all_maps, args.threshold)
+    if args.map:
+        from PIL import Image
+
+        m = field.mean_map
+        heat = (255 * (m / m.max().clamp(min=1e-12))).round().to(torch.uint8).numpy()
+        Image.fromarray(heat, mode="L").save(args.map)
+    return {
+        "images": int(all_maps.shape[0] // len(units)),
+        "failed": failed,
+        "units": len(units),
+        "channel": args.channel,
+        "threshold": args.threshold,
+        "y": list(field.region[0]),
+        "x": list(field.region[1]),
+        "area": field.area,
+        "input_size": list(all_maps.shape[-2:]),
+        "window": list(window),
+        "stride": list(stride),
+    }

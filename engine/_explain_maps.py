@@ -275,8 +275,14 @@ class Occlusion(LayerExplainer):
         baseline: float | torch.Tensor = 0.0,
         statistic: str = "mean",
         progress: Callable[[int], None] | None = None,
+        region: tuple[tuple[int, int], tuple[int, int]] | None = None,
     ) -> OcclusionMaps:
-        """units=None reads every channel of the layer pooled with ``statistic`` (mean or max)."""
+        """units=None reads every channel of the layer pooled with ``statistic`` (mean or max).
+
+        region: ((y0, y1), (x0, x1)), half-open input pixels outside which occluding cannot change
+        the units (their theoretical receptive field, ``ReceptiveField.region``): windows that miss
+        it are not run and get discrepancy 0, which is what running them would give.
+        """
         x = _as_batch(images, self.probe)
         wh, ww = (window, window) if isinstance(window, int) else window
         sh, sw = (stride, stride) if isinstance(stride, int) else stride
@@ -287,18 +293,23 @@ class Occlusion(LayerExplainer):
         cols_x = _cover(w, xs, ww, x.dtype, x.device)  # [nw, W]
         masks = (rows_y[:, None, :, None] * cols_x[None, :, None, :]).reshape(-1, 1, h, w)  # [nh*nw, 1, H, W]
         base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-        n_win = masks.shape[0]
+        run = torch.arange(masks.shape[0], device=x.device)
+        if region is not None:
+            (ry0, ry1), (rx0, rx1) = region
+            hit_y = torch.tensor([s < ry1 and s + wh > ry0 for s in ys], dtype=torch.bool)
+            hit_x = torch.tensor([s < rx1 and s + ww > rx0 for s in xs], dtype=torch.bool)
+            run = run[(hit_y[:, None] & hit_x[None, :]).flatten().to(x.device)]
         grids, cleans = [], []
         with torch.no_grad():
             clean = us.matrix(self.layer_acts(x))  # [N, K]
             for n in range(x.shape[0]):
                 img = x[n : n + 1]
-                vals = []
-                for start in range(0, n_win, self.max_rows):
-                    m = masks[start : start + self.max_rows]
+                occ = clean[n][None, :].repeat(masks.shape[0], 1)  # windows not run: no change
+                for start in range(0, len(run), self.max_rows):
+                    idx = run[start : start + self.max_rows]
+                    m = masks[idx]
                     occluded = img * (1 - m) + base * m
-                    vals.append(us.matrix(self.layer_acts(occluded)))
-                occ = torch.cat(vals)  # [n_win, K]
+                    occ[idx] = us.matrix(self.layer_acts(occluded))
                 grids.append((clean[n][None, :] - occ).T.reshape(len(us), len(ys), len(xs)))
                 cleans.append(clean[n])
                 if progress is not None:

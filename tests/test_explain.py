@@ -606,6 +606,36 @@ def test_cli_rf_prints_the_table_and_a_region(capsys):
     assert "layer4" in text and "global" in text
 
 
+def test_cli_rf_empirical_field_lies_in_the_theoretical_one(image_sets, tmp_path, capsys):
+    from PIL import Image
+
+    heat = tmp_path / "field.png"
+    argv = ["rf", "--extractor", "timm:test_resnet", "--weights", "random", "--layer", "layer1"]
+    argv += ["--unit", "10,12", "--empirical", str(image_sets["list"]), "--window", "8", "--stride", "8"]
+    argv += ["--map", str(heat), "--json", "-q"]
+    assert _cli(argv) == 0
+    out = json.loads(capsys.readouterr().out)["layer1"]
+    emp = out["empirical"]
+    assert emp["images"] == 2 and emp["failed"] == 2  # the list's missing file and folder
+    h, w = emp["input_size"]
+    assert emp["area"] > 0 and Image.open(heat).size == (w, h)
+    # Occlusion reaches the unit only through its theoretical field; a window spreads its discrepancy
+    # over its own pixels, so the empirical box may exceed the field by window - 1 on each side.
+    (ty0, ty1), (tx0, tx1) = out["region"]["y"], out["region"]["x"]
+    (ey0, ey1), (ex0, ex1) = emp["y"], emp["x"]
+    assert ty0 - 7 <= ey0 < ey1 <= ty1 + 7 and tx0 - 7 <= ex0 < ex1 <= tx1 + 7
+    assert (ey1 - ey0) < h or (ex1 - ex0) < w  # a local field, not the whole image
+    # one channel, table output
+    argv = [a for a in argv if a != "--json"] + ["--channel", "3"]
+    assert _cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "empirical field over 2 images (1 unit(s)" in text and "2 image(s) unreadable" in text
+    with pytest.raises(ValueError, match="outside"):
+        _cli(argv[:-1] + ["999"])
+    with pytest.raises(ValueError, match="needs --layer and --unit"):
+        _cli(["rf", "--extractor", "timm:test_resnet", "--empirical", str(image_sets["list"])])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Minimal and masked images
 
@@ -700,6 +730,20 @@ def test_occlusion_with_gaps_between_windows(resnet, images):
     assert torch.isfinite(res.maps).all()
     assert torch.all(res.maps[0, 0, 8:20, :] == 0)  # rows no window covers
     _close(res.maps[0, 0, :8, :8], res.grid[0, 0, 0, 0].expand(8, 8))
+
+
+def test_occlusion_restricted_to_the_receptive_field_is_exact(resnet64, images64):
+    """Windows that miss a neuron's theoretical field cannot move it: skipping them changes nothing."""
+    rf = receptive_field(resnet64, "layer1")
+    units = [Unit(channel=c, position=(3, 9)) for c in (0, 5, 17)]
+    box = rf.region(3, 9, (64, 64))
+    assert box[0][1] - box[0][0] < 64 or box[1][1] - box[1][0] < 64  # a local field at 64 px
+    occ = Occlusion(resnet64, "layer1", max_rows=16)
+    full = occ.attribute(images64, units, window=6, stride=3)
+    fast = occ.attribute(images64, units, window=6, stride=3, region=box)
+    torch.testing.assert_close(fast.grid, full.grid, atol=1e-12, rtol=0)
+    torch.testing.assert_close(fast.maps, full.maps, atol=1e-12, rtol=0)
+    assert (full.grid != 0).any() and (full.grid == 0).any()  # some windows reach it, some do not
 
 
 @pytest.mark.parametrize("method", ["minimal", "masked"])
