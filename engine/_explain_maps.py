@@ -142,12 +142,20 @@ class Saliency(LayerExplainer):
     guided = False
 
     def _gradients(
-        self, build: Callable[[torch.Tensor], torch.Tensor], n_rows: int, units: UnitSet, unit_of_row
+        self, build: Callable[[torch.Tensor], torch.Tensor], n_inputs: int, units: UnitSet
     ) -> torch.Tensor:
-        """Gradients for rows 0..n_rows-1; ``build(rows)`` makes their inputs, ``unit_of_row(rows)`` their units."""
+        """Gradients [n_inputs, K, C, H, W] of every unit at every input; ``build(rows)`` makes inputs.
+
+        Each input runs forward once; the K units' gradients come from one batched backward over K
+        one-hot cotangents (``is_grads_batched``: a vmap over the backward graph), so the forward is
+        shared by the units. Rows in flight (inputs x units per backward) stay within ``max_rows``.
+        """
+        k = len(units)
+        per_forward = max(1, self.max_rows // k)
+        per_backward = max(1, min(k, self.max_rows // per_forward))
         chunks = []
-        for start in range(0, n_rows, self.max_rows):
-            rows = torch.arange(start, min(start + self.max_rows, n_rows))
+        for start in range(0, n_inputs, per_forward):
+            rows = torch.arange(start, min(start + per_forward, n_inputs))
             xin = build(rows).detach().requires_grad_(True)
             with torch.enable_grad():
                 if self.guided:
@@ -155,18 +163,25 @@ class Saliency(LayerExplainer):
                         acts = self.layer_acts(xin)
                 else:
                     acts = self.layer_acts(xin)
-                vals = units.values(acts, torch.arange(len(rows), device=acts.device), unit_of_row(rows))
-                (grad,) = torch.autograd.grad(vals.sum(), xin)
-            chunks.append(grad)
+                vals = units.matrix(acts)  # [n, K]
+            grads = xin.new_empty(len(rows), k, *xin.shape[1:])
+            for u0 in range(0, k, per_backward):
+                u = torch.arange(u0, min(u0 + per_backward, k))
+                # cotangent b selects unit u[b] of every input: d vals[n, u[b]] / d xin[n]
+                cot = vals.new_zeros(len(u), *vals.shape)
+                cot[torch.arange(len(u)), :, u.to(vals.device)] = 1
+                (g,) = torch.autograd.grad(
+                    vals, xin, cot, is_grads_batched=True, retain_graph=u0 + per_backward < k
+                )
+                grads[:, u0 : u0 + len(u)] = g.transpose(0, 1)
+            chunks.append(grads)
         return torch.cat(chunks)
 
     def attribute(self, images: torch.Tensor, units: UnitsLike, *, reduce: str = "mean") -> torch.Tensor:
         """Gradients [N, K, C, H, W] of every unit for every image."""
         x = _as_batch(images, self.probe)
         us = self.compile_units(x, units, reduce)
-        k = len(us)
-        grads = self._gradients(lambda r: x[r // k], x.shape[0] * k, us, lambda r: r % k)
-        return grads.reshape(x.shape[0], k, *x.shape[1:])
+        return self._gradients(lambda r: x[r], x.shape[0], us)
 
 
 class GuidedBackprop(Saliency):
@@ -227,9 +242,9 @@ class SmoothGrad(Saliency):
         s = noise.shape[1]
         us = self.compile_units(x, units, reduce)
         k = len(us)
-        # row = (n * S + s) * K + k: every unit of one noisy copy shares the copy.
-        copy = lambda r: x[r // (s * k)] + noise.reshape(-1, *x.shape[1:])[r // k]  # noqa: E731
-        grads = self._gradients(copy, x.shape[0] * s * k, us, lambda r: r % k)
+        # input r = n * S + s is noisy copy s of image n; every unit shares the copy's forward.
+        copy = lambda r: x[r // s] + noise.reshape(-1, *x.shape[1:])[r]  # noqa: E731
+        grads = self._gradients(copy, x.shape[0] * s, us)
         return grads.reshape(x.shape[0], s, k, *x.shape[1:]).mean(1)
 
 
