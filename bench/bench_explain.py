@@ -68,6 +68,12 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=8)
     ap.add_argument("--captum-occlusion-units", type=int, default=2)
     ap.add_argument("--max-rows", type=int, default=64)
+    ap.add_argument(
+        "--backward",
+        choices=["auto", "shared", "copies"],
+        default="auto",
+        help="neuroprint's gradient strategy for many units of one input (see neuroprint.explain.Saliency)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="alternating runs per method; the best time counts")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args()
@@ -105,7 +111,7 @@ def main() -> None:
     h = args.size // 16
     chans = list(range(0, 256, max(1, 256 // k)))[:k]
     units = [Unit(c, (h // 2, h // 2)) for c in chans]
-    sal = Saliency(net, "layer3", max_rows=args.max_rows)
+    sal = Saliency(net, "layer3", max_rows=args.max_rows, backward=args.backward)
     sal.attribute(x[:1], units[:1])  # warm-up (and the layer-shape probe)
     ng = NeuronGradient(net, net.layer3)
     ours, t_ours, theirs, t_theirs = _pair(
@@ -118,7 +124,7 @@ def main() -> None:
 
     # guided backprop on logits
     targets = list(range(0, 1000, 1000 // k))[:k]
-    gb = GuidedBackprop(net, "fc", max_rows=args.max_rows)
+    gb = GuidedBackprop(net, "fc", max_rows=args.max_rows, backward=args.backward)
     cg = CGuided(net)
     ours, t_ours, theirs, t_theirs = _pair(
         lambda: gb.attribute(x, targets),
@@ -129,7 +135,7 @@ def main() -> None:
     row("guided backprop (logits)", t_ours, t_theirs, k, k, (ours - theirs).abs().max().item())
 
     # SmoothGrad on logits; captum draws its own noise, so the difference is reported on identical noise
-    sg = SmoothGrad(net, "fc", max_rows=args.max_rows)
+    sg = SmoothGrad(net, "fc", max_rows=args.max_rows, backward=args.backward)
     noise = smoothgrad_noise(x, args.samples, 0.1, seed=0)
     nt = NoiseTunnel(CSaliency(net))
     stdev = 0.1 * (x.max() - x.min()).item()
@@ -198,7 +204,8 @@ def main() -> None:
 
     print(
         f"# device={dev} torch={torch.__version__} threads={torch.get_num_threads()} size={args.size} "
-        f"images={n} units={k} max_rows={args.max_rows} repeat={args.repeat} (best of alternating runs)"
+        f"images={n} units={k} max_rows={args.max_rows} backward={args.backward} repeat={args.repeat} "
+        "(best of alternating runs)"
     )
     print("| method | neuroprint units*img/s | captum units*img/s | ratio | max abs diff |")
     print("|---|---:|---:|---:|---:|")

@@ -97,6 +97,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     out.add_argument("--max-rows", type=int, default=64, help="rows (image x unit x sample) per forward")
     out.add_argument("--num-images", type=int, default=-1, help="explain only the first N images")
     out.add_argument("--workers", type=int, default=2, help="decoding threads")
+    out.add_argument(
+        "--backward",
+        choices=("auto", "shared", "copies"),
+        default="auto",
+        help="gradient methods: one forward per image shared by all units (shared) or one copy per unit "
+        "(copies); auto = shared on CPU, copies on GPU",
+    )
     out.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return ep
@@ -222,10 +229,12 @@ def run(args) -> int:
     method = args.method
     if method in ("saliency", "guided"):
         explainer = (GuidedBackprop if method == "guided" else Saliency)(
-            ex, args.layer, max_rows=args.max_rows
+            ex, args.layer, max_rows=args.max_rows, backward=args.backward
         )
     elif method == "smoothgrad":
-        explainer = SmoothGrad(ex, args.layer, guided=args.guided, max_rows=args.max_rows)
+        explainer = SmoothGrad(
+            ex, args.layer, guided=args.guided, max_rows=args.max_rows, backward=args.backward
+        )
     elif method == "occlusion":
         explainer = Occlusion(ex, args.layer, max_rows=args.max_rows)
     elif method == "actmap":

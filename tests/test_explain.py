@@ -205,15 +205,29 @@ def test_activation_map_threshold_keeps_the_top_quantile(resnet, images):
 # Batched equals one at a time
 
 
-def test_saliency_and_guided_batched_equal_one_at_a_time(resnet64, images):
+@pytest.mark.parametrize("backward", ["shared", "copies"])
+@pytest.mark.parametrize("max_rows", [2, 4, 64])
+def test_saliency_and_guided_batched_equal_one_at_a_time(resnet64, images, backward, max_rows):
     images64 = images.double()
     units = [Unit(3), Unit(17, (2, 3)), Unit(40, reduce="sum")]
     for cls in (Saliency, GuidedBackprop):
-        batched = cls(resnet64, "layer2", max_rows=4).attribute(images64, units)  # chunks cross images
+        # max_rows 2: units split across backwards; 4: one input per forward; 64: both inputs at once
+        batched = cls(resnet64, "layer2", max_rows=max_rows, backward=backward).attribute(images64, units)
         for n in range(2):
             for k, u in enumerate(units):
-                single = cls(resnet64, "layer2").attribute(images64[n : n + 1], [u])
+                single = cls(resnet64, "layer2", backward="copies").attribute(images64[n : n + 1], [u])
                 _close(batched[n, k], single[0, 0])
+
+
+def test_smoothgrad_backward_strategies_agree(resnet64, images):
+    images64 = images.double()
+    shared = SmoothGrad(resnet64, "layer3", max_rows=3, backward="shared")
+    copies = SmoothGrad(resnet64, "layer3", max_rows=3, backward="copies")
+    a = shared.attribute(images64, [1, 5, 7], n_samples=2, seed=3)
+    _close(a, copies.attribute(images64, [1, 5, 7], n_samples=2, seed=3))
+    assert a.shape == (2, 3, 3, 64, 64)
+    with pytest.raises(ExplainError, match="unknown backward"):
+        Saliency(resnet64, "layer3", backward="vmap")
 
 
 def test_smoothgrad_batched_equals_one_at_a_time_and_is_seeded(resnet64, images):
