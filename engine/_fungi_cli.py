@@ -42,9 +42,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Extract FUNGI features (gradients of self-supervised losses w.r.t. one linear layer, randomly "
             "projected to the embedding size; fungivision 0.0.2's numbers) of every image of SOURCE, "
             "and write one Parquet row per image to OUT_DIR/features.parquet. Unreadable images become "
-            "error rows. For a kNN evaluation, run the train split with --pca N and apply its PCA to "
-            "the other split with --pca-from TRAIN_OUT/fungi_pca.npz; neuroprint.fungi.knn_accuracy "
-            "does the rest."
+            "error rows. It runs as a sharded job (OUT_DIR/rows/shard-*.parquet, manifest.json): rerun the "
+            "same command to resume, --ray to spread shards over actors, --max-shards to stop early; "
+            "features.parquet (and the PCA) are written once every shard is done. For a kNN evaluation, "
+            "run the train split with --pca N and apply its PCA to the other split with --pca-from "
+            "TRAIN_OUT/fungi_pca.npz; neuroprint.fungi.knn_accuracy does the rest."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -70,6 +72,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     fp.add_argument("--input-dim", type=int, default=224, help="the model's input size")
     fp.add_argument("--negatives", default=None, help="SOURCE of SimCLR's negatives; None: SOURCE itself")
     fp.add_argument("--batch-size", type=int, default=16, help="images per extraction step")
+    fp.add_argument(
+        "--shard-size", type=int, default=1024, help="images per shard (the unit of resume and of Ray work)"
+    )
+    fp.add_argument("--num-workers", type=int, default=None, help="decoding threads (default: CPU count)")
+    fp.add_argument(
+        "--max-shards", type=int, default=None, help="stop after computing N shards; rerun to go on"
+    )
+    fp.add_argument(
+        "--ray", action="store_true", help="run the shards on Ray actors (one per GPU / CPU slot)"
+    )
+    fp.add_argument("--num-actors", type=int, default=None, help="Ray actors (default: GPUs, else CPU slots)")
+    fp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     fp.add_argument("--device", default=None, help="None: cuda when available, else cpu")
     fp.add_argument(
         "--fp16", action="store_true", help="autocast in bfloat16 (a GPU setting; float32 otherwise)"
@@ -225,6 +239,36 @@ def _write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def embedding_fn(wrapper):
+    """``images (list of PIL) -> float32 [n, E]``: the FUNGI backbone's embeddings, with timm's eval
+    transform for that model (what ``--embeddings`` writes)."""
+    import timm.data
+    import torch
+
+    model = wrapper.model
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+
+    def embed(images):
+        with torch.no_grad():
+            views = torch.stack([transform(im.convert("RGB")) for im in images]).to(wrapper.device)
+            return model(views).float().cpu().numpy()
+
+    return embed
+
+
+def _ok_fungi(table):
+    """float32 [ok rows, D] of a rows table's ``fungi`` column, and the boolean mask of ok rows."""
+    import numpy as np
+    import pyarrow as pa
+
+    ok = np.asarray([s == "ok" for s in table.column("status").to_pylist()], dtype=bool)
+    col = table.filter(pa.array(ok)).column("fungi").combine_chunks()
+    if len(col) == 0:
+        return np.zeros((0, 0), dtype=np.float32), ok
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(col), -1).astype(np.float32, copy=False), ok
+
+
 def run(args) -> int:
     import numpy as np
     import pyarrow as pa
@@ -232,125 +276,116 @@ def run(args) -> int:
     import torch
 
     from . import __version__
-    from ._decode import decode_image  # noqa: F401 - fail early if the decoder is unavailable
-    from ._errors import DecodeError
-    from ._sources import open_source
+    from ._job import run_job
     from .fungi import PCA
 
     configs = _configs()
-
     names = _objectives(args.fungi)
     if args.pca < 0 or args.batch_size < 1:
         raise ValueError("--pca must be >= 0 and --batch-size >= 1")
+    if args.pca and args.pca_from:
+        raise ValueError("--pca fits a PCA and --pca-from applies one: give one of them")
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    source = open_source(args.source)
-    wrapper, layer = build_wrapper(args, device, source)
-    model = wrapper.model
-    embed_transform = None
-    if args.embeddings:
-        import timm.data
-
-        embed_transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-
-    rows = {"id": [], "uri": [], "status": [], "error": [], "fungi": [], "embedding": []}
-    try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(source), unit="img", disable=not sys.stderr.isatty())
-    except ImportError:  # pragma: no cover
-        bar = None
-    items = list(source)
-    for start in range(0, len(items), args.batch_size):
-        chunk = items[start : start + args.batch_size]
-        batch, images, errors = [], [], {}
-        for item in chunk:
-            try:
-                images.append(_pil(source, item))
-                batch.append(item)
-            except DecodeError as err:
-                errors[item.id] = str(err)
-        done = {}  # item id -> (fungi, embedding)
-        if batch:
-            feats = (
-                wrapper(images, generator=[_item_generator(args.seed, it.id) for it in batch]).float().cpu()
-            )
-            emb = None
-            if embed_transform is not None:
-                with torch.no_grad():
-                    views = torch.stack([embed_transform(im.convert("RGB")) for im in images]).to(device)
-                    emb = wrapper.model(views).float().cpu()
-            for j, item in enumerate(batch):
-                done[item.id] = (feats[j].numpy(), None if emb is None else emb[j].numpy())
-        for item in chunk:  # rows in source order
-            ok = item.id in done
-            for key, value in (
-                ("id", item.id),
-                ("uri", item.uri),
-                ("status", "ok" if ok else "failed"),
-                ("error", None if ok else errors[item.id]),
-            ):
-                rows[key].append(value)
-            fungi_row, emb_row = done.get(item.id, (None, None))
-            rows["fungi"].append(fungi_row)
-            rows["embedding"].append(emb_row)
-        if bar is not None:
-            bar.update(len(items[start : start + args.batch_size]))
-    if bar is not None:
-        bar.close()
-
-    ok = [i for i, s in enumerate(rows["status"]) if s == "ok"]
-    columns = {k: rows[k] for k in ("id", "uri", "status", "error")}
-    vec = pa.list_(pa.float32())
-    columns["fungi"] = pa.array([None if f is None else f.tolist() for f in rows["fungi"]], type=vec)
-    if args.embeddings:
-        columns["embedding"] = pa.array(
-            [None if e is None else e.tolist() for e in rows["embedding"]], type=vec
+    opts = {key: getattr(args, key) for key in JOB_DEFAULTS}
+    # The features are a signatures-only job: sharded rows, resumable, local or on Ray actors.
+    res = run_job(
+        args.source,
+        out_dir,
+        (),
+        extractor=None,
+        embeddings=args.embeddings,
+        fungi=opts,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=device,
+        progress=not args.quiet,
+        max_shards=args.max_shards,
+        ray=args.ray,
+        num_actors=args.num_actors,
+        decoder="pil",
+    )
+    if not res.complete:
+        sys.stderr.write(
+            f"incomplete: {res.processed + res.failed} of {res.images_in} images done; rerun the same "
+            "command to continue\n"
         )
-    pca_meta = None
-    if args.pca or args.pca_from:
-        feats = np.stack([rows["fungi"][i] for i in ok]) if ok else np.zeros((0, wrapper.feature_dim))
-        if args.pca_from:
-            reducer = PCA.load(args.pca_from)
-            pca_meta = {
-                "from": os.path.abspath(args.pca_from),
-                "components": int(reducer.components.shape[0]),
-            }
-        else:
-            reducer = PCA.fit(feats, args.pca)
-            reducer.save(str(out_dir / "fungi_pca.npz"))
-            pca_meta = {"fitted_on": "this source", "components": int(reducer.components.shape[0])}
-        reduced = reducer.transform(feats).astype(np.float32) if ok else []
-        col = [None] * len(rows["id"])
-        for k, i in enumerate(ok):
-            col[i] = reduced[k].tolist()
-        columns["fungi_pca"] = pa.array(col, type=vec)
-    table = pa.table(columns)
-    _write_atomic(out_dir / "features.parquet", lambda p: pq.write_table(table, p))
+        return 0
+    files = sorted((out_dir / "rows").glob("shard-*.parquet"))
+    columns = ["id", "uri", "status", "error", "fungi"] + (["embedding"] if args.embeddings else [])
+    feature_dim = pq.read_schema(files[0]).field("fungi").type.list_size
+
+    pca_meta, reducer = None, None
+    if args.pca_from:
+        reducer = PCA.load(args.pca_from)
+        if reducer.mean.shape[0] != feature_dim:
+            raise ValueError(
+                f"{args.pca_from} reduces {reducer.mean.shape[0]}-d features; these are {feature_dim}-d"
+            )
+        pca_meta = {"from": os.path.abspath(args.pca_from), "components": int(reducer.components.shape[0])}
+    elif args.pca:
+        # Streamed: the PCA comes from the ok rows' sum and Gram matrix, one shard at a time.
+        count, total, gram = 0, None, None
+        for f in files:
+            x, _ = _ok_fungi(pq.read_table(f, columns=["status", "fungi"]))
+            if not len(x):
+                continue
+            x = x.astype(np.float64)
+            total = x.sum(0) if total is None else total + x.sum(0)
+            gram = x.T @ x if gram is None else gram + x.T @ x
+            count += len(x)
+        reducer = PCA.fit_moments(count, total, gram, args.pca)
+        reducer.save(str(out_dir / "fungi_pca.npz"))
+        pca_meta = {"fitted_on": "this source", "components": int(reducer.components.shape[0])}
+
+    def write(path):
+        writer = None
+        try:
+            for f in files:
+                table = pq.read_table(f, columns=columns)
+                if reducer is not None:
+                    x, ok = _ok_fungi(table)
+                    reduced = reducer.transform(x).astype(np.float32) if len(x) else np.zeros((0, 0))
+                    col = [None] * table.num_rows
+                    for k, i in enumerate(np.flatnonzero(ok)):
+                        col[i] = reduced[k]
+                    table = table.append_column(
+                        "fungi_pca",
+                        pa.array(col, type=pa.list_(pa.float32(), int(reducer.components.shape[0]))),
+                    )
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    _write_atomic(out_dir / "features.parquet", write)
+    emb_dim = feature_dim // len(names)  # one block of the embedding size per objective
+    manifest = json.loads((out_dir / "manifest.json").read_text())
     meta = {
         "neuroprint_version": __version__,
-        "source": source.describe(),
+        "source": manifest["settings"]["source"],
         "model": args.model,
         "weights": args.weights,
-        "target_layer": layer,
+        "target_layer": args.layer or _default_layer(_build_model(args)),
         "input_dim": args.input_dim,
         "objectives": names,
-        "blocks": {
-            n: [k * wrapper.embeddings_dim, (k + 1) * wrapper.embeddings_dim] for k, n in enumerate(names)
-        },
+        "blocks": {n: [k * emb_dim, (k + 1) * emb_dim] for k, n in enumerate(names)},
         "objective_configs": {n: vars(configs[n]()) for n in names},
-        "embeddings_dim": wrapper.embeddings_dim,
-        "dtype": str(args.fp16 and wrapper.fp16_dtype or torch.float32),
+        "embeddings_dim": emb_dim,
+        "dtype": "bfloat16" if args.fp16 else "float32",
         "mode": args.mode,
         "seed": args.seed,
         "negatives": args.negatives or "SOURCE" if "simclr" in names else None,
         "embeddings": bool(args.embeddings),
         "pca": pca_meta,
-        "rows": len(rows["id"]),
-        "ok": len(ok),
-        "errors": len(rows["id"]) - len(ok),
+        "rows": res.images_in,
+        "ok": res.processed,
+        "errors": res.failed,
+        "job": {"shards": res.shards_total, "shard_size": args.shard_size},
     }
     _write_atomic(out_dir / "features.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
-    log.info("wrote %d rows (%d errors) to %s", len(rows["id"]), meta["errors"], out_dir)
+    log.info("wrote %d rows (%d errors) to %s", res.images_in, res.failed, out_dir)
     return 0

@@ -38,6 +38,26 @@ class PCA:
         signs[signs == 0] = 1
         return cls(mean=mean, components=comps * signs[:, None])
 
+    @classmethod
+    def fit_moments(cls, count: int, total: np.ndarray, gram: np.ndarray, n_components: int) -> PCA:
+        """The PCA of rows known only by their count, sum ``total`` [D] and Gram matrix ``gram`` =
+        X^T X [D, D] (float64; accumulated shard by shard): eigenvectors of the scatter matrix, by
+        decreasing eigenvalue, with ``fit``'s sign rule. Equals ``fit`` up to rounding."""
+        if count < 2 or total is None or gram is None:
+            raise ValueError(f"PCA needs at least 2 rows, got {count}")
+        total = np.asarray(total, dtype=np.float64)
+        d = total.shape[0]
+        n = min(int(n_components), int(count), d)
+        if n < 1:
+            raise ValueError(f"n_components must be >= 1, got {n_components}")
+        mean = total / count
+        scatter = np.asarray(gram, dtype=np.float64) - count * np.outer(mean, mean)
+        vals, vecs = np.linalg.eigh((scatter + scatter.T) / 2)
+        comps = vecs[:, np.argsort(vals)[::-1][:n]].T
+        signs = np.sign(comps[np.arange(n), np.abs(comps).argmax(1)])
+        signs[signs == 0] = 1
+        return cls(mean=mean, components=comps * signs[:, None])
+
     def transform(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T
 

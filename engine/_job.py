@@ -112,7 +112,7 @@ class ShardSpec:
     """Everything a worker needs to compute any shard of a job (picklable, for Ray actors)."""
 
     source: object
-    extractor: str
+    extractor: str | None  # None: a signatures-only job (hashes / FUNGI; no network, no VDNA)
     weights: object
     layers: list
     device: str
@@ -183,7 +183,9 @@ class ShardWorker:
     def __init__(self, spec: ShardSpec, built=None):
         self.spec = spec
         self.dev = resolve_device(spec.device)
-        if built is None:
+        if built is None and spec.extractor is None:
+            built = (None, None)
+        elif built is None:
             built = _CACHE.get(
                 spec.extractor,
                 weights=spec.weights,
@@ -194,7 +196,7 @@ class ShardWorker:
                 compile=spec.compile,
             )
         self.ex, self.model = built
-        self.emb_layer = list(self.ex.layers)[-1]
+        self.emb_layer = list(self.ex.layers)[-1] if self.ex is not None else None
         refs = spec.references or {}
         self.scorers = {name: ReferenceScorer(v, self.dev) for name, v in refs.items()}
         self.fungi = None
@@ -204,8 +206,16 @@ class ShardWorker:
             from ._fungi_cli import build_wrapper
 
             self.fungi, _ = build_wrapper(SimpleNamespace(**spec.fungi), self.dev, spec.source)
+        self._embed = None  # signatures-only job: embeddings come from the FUNGI backbone
+        if spec.embeddings and self.ex is None:
+            from ._fungi_cli import embedding_fn
+
+            self._embed = embedding_fn(self.fungi)
+        emb_dim = None
+        if spec.embeddings:
+            emb_dim = self.ex.layers[self.emb_layer] if self.ex is not None else self.fungi.embeddings_dim
         self.schema = _row_schema(
-            self.ex.layers[self.emb_layer] if spec.embeddings else None,
+            emb_dim,
             list(refs),
             spec.hashes,
             self.fungi.feature_dim if self.fungi is not None else 0,
@@ -221,7 +231,7 @@ class ShardWorker:
             return _SignatureLoader(
                 spec.source,
                 spec.recipe,
-                need_pixels=True,
+                need_pixels=self.model is not None,
                 need_decoded=True,
                 batch_size=spec.batch_size,
                 num_workers=spec.num_workers,
@@ -263,19 +273,25 @@ class ShardWorker:
 
         spec, ex = self.spec, self.ex
         reducers = [make_reducer(n, ex.layers, ranges=spec.ranges, device=self.dev) for n in spec.names]
+        # (a signatures-only job has no distributions, so ``ex`` is never read above)
         loader = self._loader(shard_items)
         rows = {name: [] for name in self.schema.names}
         failed = 0
         with torch.inference_mode():
             for batch in loader:
                 emb, scores = None, {}
-                if batch.items:
+                if batch.items and self.model is not None:
                     feats = self.model(batch.pixels.to(self.dev, non_blocking=True))
                     for r in reducers:
                         r.update(feats)
                     if spec.embeddings:
                         emb = feats[self.emb_layer].float().mean(dim=1).cpu().numpy()
                     scores = {name: scorer(feats)[0] for name, scorer in self.scorers.items()}
+                elif batch.items and self._embed is not None:
+                    from PIL import Image
+
+                    emb = self._embed([Image.fromarray(d) for d in batch.decoded])
+                if batch.items:
                     if spec.hashes:
                         from ._hashes import image_hashes
 
@@ -328,7 +344,7 @@ def run_job(
     out_dir: str | os.PathLike,
     distributions: str | Sequence[str] = "histogram-1000",
     *,
-    extractor: str = "mugs_vit_base",
+    extractor: str | None = "mugs_vit_base",
     weights: str | os.PathLike = "default",
     layers: Sequence[str] | None = None,
     ranges=None,
@@ -373,6 +389,10 @@ def run_job(
     the PIL decoder. command: the CLI's arguments, recorded in the manifest at the first run
     so that ``neuroprint profile --resume --out-dir DIR`` can rerun it. Other arguments as
     `neuroprint.profile`.
+
+    extractor=None with distributions=() is a signatures-only job: no network, no VDNA, only the
+    hashes and/or FUNGI columns (and, with ``embeddings``, the FUNGI backbone's embeddings), with the
+    same sharding, resume, Ray and failure rows (``neuroprint features`` runs this way).
     """
     import pyarrow.parquet as pq
 
@@ -380,6 +400,19 @@ def run_job(
     kinds = [parse_distribution(n) for n in names]
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if extractor is None:
+        if names or references or ranges is not None:
+            raise ValueError(
+                "a job without an extractor makes no VDNA: pass distributions=() and no ranges/references"
+            )
+        if not (hashes or fungi):
+            raise ValueError(
+                "a job without an extractor needs hashes or fungi: there is nothing else to compute"
+            )
+        if embeddings and not fungi:
+            raise ValueError("without an extractor, embeddings come from the FUNGI backbone: pass fungi")
+    elif not (names or embeddings or references or hashes or fungi):
+        raise ValueError("nothing to compute: give distributions, embeddings, references, hashes or fungi")
     out = Path(out_dir)
     dev = resolve_device(device)
     if compile is None:
@@ -387,12 +420,19 @@ def run_job(
     src = open_source(source)
     items = list(src)
     shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    ex, model = _CACHE.get(
-        extractor, weights=weights, layers=layers, device=dev, dtype=dtype, seed=seed, compile=compile
-    )
-    recipe = ex.recipe if crop == "none" else ex.recipe.with_(crop=crop)
-    if resize_mode is not None:
-        recipe = recipe.with_(resize=resize_mode)
+    if extractor is None:
+        from ._recipe import Recipe
+
+        ex = model = None
+        # the loader's recipe is unused (no network input is made); a fixed one keeps the settings stable
+        recipe = Recipe(size=(1, 1), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    else:
+        ex, model = _CACHE.get(
+            extractor, weights=weights, layers=layers, device=dev, dtype=dtype, seed=seed, compile=compile
+        )
+        recipe = ex.recipe if crop == "none" else ex.recipe.with_(crop=crop)
+        if resize_mode is not None:
+            recipe = recipe.with_(resize=resize_mode)
     workers = _default_workers() if num_workers is None else int(num_workers)
     hashes = tuple(dict.fromkeys(hashes or ()))
     bad = [h for h in hashes if h not in ("phash", "dhash")]
@@ -419,9 +459,9 @@ def run_job(
     settings = {
         "source": src.describe(),
         "item_ids_sha256": hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest(),
-        "extractor": ex.name,
-        "weights": ex.weights_id,
-        "layers": ex.layers,
+        "extractor": ex.name if ex is not None else None,
+        "weights": ex.weights_id if ex is not None else None,
+        "layers": ex.layers if ex is not None else None,
         "recipe": recipe.to_dict(),
         "dtype": str(dtype).replace("torch.", ""),
         "distributions": names,
@@ -498,7 +538,7 @@ def run_job(
         source=src,
         extractor=extractor,
         weights=weights,
-        layers=list(ex.layers),
+        layers=list(ex.layers) if ex is not None else [],
         device=str(dev),
         dtype=dtype,
         compile=compile,
@@ -528,7 +568,7 @@ def run_job(
             bar.set_postfix(failed=failed_total)
 
     # The bar shows images (done by earlier runs included), images/s and the failures so far.
-    with _progress(len(items), f"job {ex.name}", progress) as bar:
+    with _progress(len(items), f"job {ex.name if ex is not None else 'signatures'}", progress) as bar:
         bar.update(done_images)
         if failed_total:
             bar.set_postfix(failed=failed_total)
@@ -652,7 +692,7 @@ def _finish(
         "seed": int(seed),
     }
     vdnas = {}
-    if merged[0].count > 0:
+    if merged and merged[0].count > 0:
         vdnas = build_vdnas(
             names,
             merged,

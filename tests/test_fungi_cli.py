@@ -219,3 +219,83 @@ def test_job_fungi_on_ray_actors_equals_local(labelled, tmp_path):
             assert y["fungi"] is None
         else:
             np.testing.assert_allclose(x["fungi"], y["fungi"], rtol=0, atol=1e-5)
+
+
+def test_pca_from_moments_equals_pca_fit():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (40, 12)) @ np.diag(np.linspace(6, 0.3, 12))
+    direct = PCA.fit(x, 5)
+    halves = [x[:17], x[17:]]  # accumulated shard by shard
+    count = sum(len(h) for h in halves)
+    total = sum(h.sum(0) for h in halves)
+    gram = sum(h.T @ h for h in halves)
+    streamed = PCA.fit_moments(count, total, gram, 5)
+    np.testing.assert_allclose(streamed.mean, direct.mean, atol=1e-12)
+    np.testing.assert_allclose(streamed.components, direct.components, atol=1e-8)
+    np.testing.assert_allclose(streamed.transform(x), direct.transform(x), atol=1e-8)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        PCA.fit_moments(1, total, gram, 2)
+
+
+def test_features_run_as_a_resumable_job_and_finish_on_ray(labelled, tmp_path, capsys):
+    """--max-shards stops early (no features.parquet yet); rerunning the same command resumes, here on Ray
+    actors; the result equals one clean local run, rows in source order, none lost or duplicated."""
+    common = ["--fungi", "kl", "--batch-size", "2", "--shard-size", "3", "--pca", "3", "-q"]
+    clean = tmp_path / "clean"
+    assert _run(labelled, clean, *common) == 0
+    want = pq.read_table(clean / "features.parquet").to_pylist()
+
+    out = tmp_path / "resumed"
+    assert _run(labelled, out, *common, "--max-shards", "1") == 0
+    assert "incomplete: 3 of 7 images done" in capsys.readouterr().err
+    assert not (out / "features.parquet").exists() and len(list((out / "rows").iterdir())) == 1
+    extra = ["--ray", "--num-actors", "2"] if _has_ray() else []
+    assert _run(labelled, out, *common, *extra) == 0
+    got = pq.read_table(out / "features.parquet").to_pylist()
+    assert [(r["id"], r["status"]) for r in got] == [(r["id"], r["status"]) for r in want]
+    for a, b in zip(got, want):
+        if a["status"] == "ok":
+            np.testing.assert_allclose(a["fungi"], b["fungi"], atol=1e-5)
+            np.testing.assert_allclose(a["fungi_pca"], b["fungi_pca"], atol=1e-4)
+        else:
+            assert a["fungi"] is None and a["fungi_pca"] is None and a["error"]
+    meta = json.loads((out / "features.json").read_text())
+    assert meta["rows"] == 7 and meta["ok"] == 6 and meta["job"]["shards"] == 3
+    # Other settings in the same directory are refused, not mixed in.
+    from neuroprint import JobError
+
+    with pytest.raises(JobError, match="other settings"):
+        _run(labelled, out, *[c if c != "kl" else "dino" for c in common])
+    with pytest.raises(ValueError, match="give one of them"):
+        _run(labelled, tmp_path / "x", "--pca", "2", "--pca-from", str(clean / "fungi_pca.npz"))
+
+
+def _has_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_signatures_only_jobs_check_their_arguments(labelled, tmp_path):
+    from neuroprint._hashes import image_hashes
+    from neuroprint._job import run_job
+
+    res = run_job(
+        labelled, tmp_path / "h", (), extractor=None, hashes=["phash"], progress=False, shard_size=4
+    )
+    assert res.complete and res.vdnas == {} and res.failed == 1
+    rows = [r for r in pq.read_table(tmp_path / "h" / "rows").to_pylist() if r["status"] == "ok"]
+    want = image_hashes([np.asarray(Image.open(labelled / r["id"]).convert("RGB")) for r in rows], ["phash"])
+    assert [r["phash"] for r in rows] == want["phash"].tolist()
+    with pytest.raises(ValueError, match="makes no VDNA"):
+        run_job(labelled, tmp_path / "a", "gaussian", extractor=None, hashes=["phash"], progress=False)
+    with pytest.raises(ValueError, match="needs hashes or fungi"):
+        run_job(labelled, tmp_path / "b", (), extractor=None, progress=False)
+    with pytest.raises(ValueError, match="FUNGI backbone"):
+        run_job(
+            labelled, tmp_path / "c", (), extractor=None, hashes=["dhash"], embeddings=True, progress=False
+        )
+    with pytest.raises(ValueError, match="nothing to compute"):
+        run_job(labelled, tmp_path / "d", (), extractor="timm:test_resnet", weights="random", progress=False)
