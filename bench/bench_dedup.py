@@ -382,10 +382,33 @@ def scale_section(args) -> dict:
 
     hashes = torch.from_numpy(rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64))
     t = time.perf_counter()
-    hi, _, _ = hamming_pairs(hashes, 10)
+    scan = hamming_pairs(hashes, 10, method="scan")
     ht = time.perf_counter() - t
     out["hamming_s"], out["hamming_pairs_per_s"] = ht, n * (n - 1) / 2 / ht
     print(f"  {'Hamming search <= 10 bits (all pairs i<j)':44s} {ht:8.2f} {n * (n - 1) / 2 / ht:10.3g}")
+    for r in (6, 10):
+        t = time.perf_counter()
+        mih = hamming_pairs(hashes, r, method="mih")
+        mt = time.perf_counter() - t
+        same = r != 10 or all(torch.equal(a, b) for a, b in zip(mih, scan))
+        out[f"mih_{r}_s"], out[f"mih_{r}_equal_scan"] = mt, same
+        print(
+            f"  {f'Hamming search <= {r} bits (multi-index)':44s} {mt:8.2f} {n * (n - 1) / 2 / mt:10.3g}"
+            f"   pairs {len(mih[0])}" + (f", same as the scan: {same}" if r == 10 else "")
+        )
+    for big in args.hamming_n or []:
+        hb = torch.from_numpy(rng.integers(-(2**63), 2**63 - 1, size=big, dtype=np.int64))
+        for r in (6, 10):
+            t = time.perf_counter()
+            got = hamming_pairs(hb, r, method="mih")
+            mt = time.perf_counter() - t
+            out[f"mih_{big}_{r}_s"] = mt
+            # the scan's time at this size, from its measured pairs/s above
+            est = big * (big - 1) / 2 / out["hamming_pairs_per_s"]
+            print(
+                f"  {f'multi-index, {big:,} hashes, <= {r} bits':44s} {mt:8.2f}   pairs {len(got[0])}; "
+                f"the scan would take about {est:,.0f} s ({est / mt:.0f}x)"
+            )
 
     exact_i = ei
     approximate_topk(x[:500], k, nprobe=2, backend="kmeans")  # warm-up
@@ -436,6 +459,13 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale-n", type=int, default=20000)
+    ap.add_argument(
+        "--hamming-n",
+        type=int,
+        nargs="*",
+        default=None,
+        help="also time multi-index Hamming search on N hashes",
+    )
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--nprobe", type=int, default=8)

@@ -263,16 +263,33 @@ def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return popcount64(torch.bitwise_xor(a, b))
 
 
+HAMMING_METHODS = ("auto", "scan", "mih")
+
+
 def hamming_pairs(
-    hashes: torch.Tensor, max_distance: int, *, block: int = 2048
+    hashes: torch.Tensor, max_distance: int, *, block: int = 2048, method: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All pairs (i < j) with Hamming distance <= ``max_distance``: (i, j, distance) int64 tensors,
-    sorted by (i, j). Exact, blocked over [block, block] tiles (memory O(block**2)); O(N**2) work."""
+    sorted by (i, j). Exact with every method:
+
+    "scan": all pairs, blocked over [block, block] tiles (memory O(block**2)); O(N**2) work.
+    "mih": multi-index hashing (``neuroprint._mih``): substring buckets probed within
+        floor(r / m) bits, candidates checked on all 64 bits; far less work for large N and small r.
+    "auto": whichever the cost model of ``neuroprint._mih.plan`` says is cheaper.
+    """
     if hashes.dim() != 1 or hashes.dtype != torch.int64:
         raise ValueError(f"hashes must be a 1-d int64 tensor, got {hashes.dtype} {tuple(hashes.shape)}")
     if not 0 <= int(max_distance) <= HASH_BITS:
         raise ValueError(f"max_distance must be within 0..{HASH_BITS}, got {max_distance}")
+    if method not in HAMMING_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(HAMMING_METHODS)}")
     n = hashes.shape[0]
+    if method != "scan":
+        from ._mih import mih_pairs, plan
+
+        m, work = plan(int(n), int(max_distance))
+        if method == "mih" or (m is not None and work < n * (n - 1) / 2):
+            return mih_pairs(hashes, int(max_distance), m)
     found_i, found_j, found_d = [], [], []
     for q0 in range(0, n, block):
         q1 = min(n, q0 + block)

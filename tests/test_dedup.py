@@ -153,7 +153,7 @@ def test_hamming_pairs_equal_brute_force():
         for i in range(90)
     ]
     h = torch.tensor(rows, dtype=torch.int64)
-    i, j, d = hamming_pairs(h, 6, block=16)
+    i, j, d = hamming_pairs(h, 6, block=16, method="scan")
     got = set(zip(i.tolist(), j.tolist(), d.tolist()))
     want = set()
     for a in range(len(rows)):
@@ -163,6 +163,61 @@ def test_hamming_pairs_equal_brute_force():
                 want.add((a, b, dist))
     assert got == want and len(want) > 50
     assert (i[1:] * 100 + j[1:] > i[:-1] * 100 + j[:-1]).all()  # sorted by (i, j)
+
+
+def _planted_hashes(n: int, seed: int) -> torch.Tensor:
+    """Random 64-bit hashes plus near copies (0-8 flipped bits) and exact repeats, sign bit included."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randint(-(2**62), 2**62, (n,), generator=g) * 2 + torch.randint(0, 2, (n,), generator=g)
+    k = n // 3
+    src, dst = torch.randint(0, n, (k,), generator=g), torch.randint(0, n, (k,), generator=g)
+    flips = torch.zeros(k, dtype=torch.int64)
+    for _ in range(8):
+        bit = torch.ones(k, dtype=torch.int64) << torch.randint(0, 64, (k,), generator=g)
+        flips ^= torch.where(torch.rand(k, generator=g) < 0.5, bit, torch.zeros_like(bit))
+    h[dst] = h[src] ^ flips
+    h[:5] = h[5]  # a bucket of identical hashes
+    return h
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 3, 6, 10, 17, 64])
+def test_multi_index_hashing_equals_the_scan(max_distance, monkeypatch):
+    from neuroprint import _mih
+
+    h = _planted_hashes(700, seed=max_distance)
+    want = hamming_pairs(h, max_distance, method="scan")
+    # Tiny chunk budgets: queries split mid-way and a single query exceeds the candidate budget.
+    monkeypatch.setattr(_mih, "_CANDIDATES_PER_CHUNK", 64)
+    monkeypatch.setattr(_mih, "_PROBES_PER_CHUNK", 256)
+    for m in [None, 3, 4, 6] if max_distance < 64 else [None]:
+        got = _mih.mih_pairs(h, max_distance, m)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b), (max_distance, m)
+    assert len(want[0]) >= 10  # the planted pairs (and the identical bucket) are there
+    got = hamming_pairs(h, max_distance, method="mih")
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_hamming_methods_and_plan():
+    from neuroprint._mih import plan
+
+    # The cost model: multi-index hashing for many hashes and small radii, the scan for few hashes.
+    m, work = plan(1_000_000, 6)
+    assert m is not None and work < 1e-2 * 1_000_000**2 / 2
+    _, work_small = plan(50, 6)
+    assert work_small > 50 * 49 / 2
+    h = _planted_hashes(50, seed=1)
+    for method in ("auto", "mih", "scan"):
+        got = hamming_pairs(h, 5, method=method)
+        assert all(torch.equal(a, b) for a, b in zip(got, hamming_pairs(h, 5, method="scan")))
+    with pytest.raises(ValueError, match="unknown method"):
+        hamming_pairs(h, 5, method="lsh")
+    from neuroprint._mih import mih_pairs
+
+    with pytest.raises(ValueError, match="table limit"):
+        mih_pairs(h, 5, 2)  # 32-bit substrings: no direct-address table
+    one = hamming_pairs(h[:1], 5, method="mih")
+    assert all(t.numel() == 0 for t in one)
 
 
 def test_connected_components_equal_brute_force():
