@@ -1,7 +1,8 @@
 """Per-image signatures for duplicate search: perceptual hashes and backbone embeddings from one pass.
 
 Each image is decoded once (the PIL reference decoder, in threads, as every job does); its decoded
-pixels feed the hashes (computed batched on the job's device, `_hashes`) and its preprocessed pixels
+pixels feed the hashes (computed in the decode thread right after decoding, `_hashes`, so a full-size
+image is dropped once hashed) and its preprocessed pixels
 feed the backbone, whose last tapped layer, averaged over positions, is the embedding (the same
 definition as the job's ``embedding`` column). An existing job directory's ``embedding`` column can be
 read instead of recomputing it.
@@ -55,20 +56,41 @@ class Signatures:
 
 
 class _SignatureLoader(ImageLoader):
-    """ImageLoader that also hands back each decoded image (for the hashes) and can skip the network's
-    preprocessing when no embedding is wanted."""
+    """ImageLoader that also hands back each decoded image (FUNGI views need it) and/or its perceptual
+    hashes, and can skip the network's preprocessing when no embedding is wanted.
 
-    def __init__(self, source, recipe, *, need_pixels: bool, need_decoded: bool, **kwargs):
+    hash_kinds: hashes computed in the decode threads, image by image, right after decoding, so a
+    full-size image lives only until it is hashed (memory is bounded by the threads, not by the batch
+    size times the largest images). They equal the batched ``image_hashes`` bit for bit (its integer
+    arithmetic is exact per image). ``batch.hashes`` maps each kind to int64 [len(batch.items)].
+    """
+
+    def __init__(
+        self,
+        source,
+        recipe,
+        *,
+        need_pixels: bool,
+        need_decoded: bool,
+        hash_kinds: Sequence[str] = (),
+        **kwargs,
+    ):
         super().__init__(source, recipe, **kwargs)
         self.need_pixels = need_pixels
-        self.need_decoded = need_decoded  # full-size images are held until their batch is hashed
+        self.need_decoded = need_decoded
+        self.hash_kinds = tuple(hash_kinds)
 
     def _prepare(self, item, img):
         pixels = super()._prepare(item, img) if self.need_pixels else None
-        return pixels, img if self.need_decoded else None
+        hashes = None
+        if self.hash_kinds:
+            got = image_hashes([img], self.hash_kinds)
+            hashes = {k: int(got[k][0]) for k in self.hash_kinds}
+        return pixels, img if self.need_decoded else None, hashes
 
     def _collate(self, chunk, results) -> Batch:
         items, tensors, decoded, failures, sizes = [], [], [], [], []
+        hashes = {k: [] for k in self.hash_kinds}
         for item, (got, info) in zip(chunk, results):
             if got is None:
                 failures.append((item, info))
@@ -76,10 +98,13 @@ class _SignatureLoader(ImageLoader):
             items.append(item)
             tensors.append(got[0])
             decoded.append(got[1])
+            for k in self.hash_kinds:
+                hashes[k].append(got[2][k])
             sizes.append(info)
         pixels = torch.stack(tensors) if self.need_pixels and tensors else torch.zeros(0)
         batch = Batch(items=items, pixels=pixels, failures=failures, sizes=sizes)
         batch.decoded = decoded
+        batch.hashes = {k: np.asarray(v, dtype=np.int64) for k, v in hashes.items()}
         return batch
 
 
@@ -141,7 +166,8 @@ def compute_signatures(
         src,
         recipe,
         need_pixels=model is not None,
-        need_decoded=bool(hash_kinds),
+        need_decoded=False,
+        hash_kinds=hash_kinds,
         batch_size=batch_size,
         num_workers=workers,
         seed=seed,
@@ -154,10 +180,8 @@ def compute_signatures(
         with torch.inference_mode():
             for batch in loader:
                 if batch.items:
-                    if hash_kinds:
-                        got = image_hashes(batch.decoded, hash_kinds, device=dev)
-                        for k in hash_kinds:
-                            hashes[k].append(got[k].cpu().numpy())
+                    for k in hash_kinds:
+                        hashes[k].append(batch.hashes[k])
                     if model is not None:
                         feats = model(batch.pixels.to(dev, non_blocking=True))
                         embeddings.append(feats[tap].float().mean(dim=1).cpu().numpy())

@@ -232,7 +232,8 @@ class ShardWorker:
                 spec.source,
                 spec.recipe,
                 need_pixels=self.model is not None,
-                need_decoded=True,
+                need_decoded=bool(spec.fungi),
+                hash_kinds=spec.hashes,
                 batch_size=spec.batch_size,
                 num_workers=spec.num_workers,
                 seed=spec.seed,
@@ -292,11 +293,8 @@ class ShardWorker:
 
                     emb = self._embed([Image.fromarray(d) for d in batch.decoded])
                 if batch.items:
-                    if spec.hashes:
-                        from ._hashes import image_hashes
-
-                        got = image_hashes(batch.decoded, spec.hashes, device=self.dev)
-                        scores.update({h: got[h].cpu().numpy() for h in spec.hashes})
+                    if spec.hashes:  # computed in the decode threads (bounded memory)
+                        scores.update({h: batch.hashes[h] for h in spec.hashes})
                     if self.fungi is not None:
                         fungi = self._fungi(batch)
                 for i, (item, size) in enumerate(zip(batch.items, batch.sizes)):
@@ -381,7 +379,8 @@ def run_job(
     "pil" (the reference), "dali" (within ``neuroprint._dali.MAX_ABS_TOLERANCE`` of it; files DALI cannot
     decode exactly as PIL go through PIL) or "auto" (DALI on CUDA when installed, else PIL); the choice is
     part of the job's settings. hashes: any of "phash", "dhash": each image's 64-bit perceptual hash
-    (bit-exact with the imagehash package, computed batched on the device from the decoded pixels) as an
+    (bit-exact with the imagehash package, computed in the decode threads as each image is decoded, so
+    full-size images are not held per batch) as an
     int64 column, for ``neuroprint dedup`` over the job directory; needs the PIL decoder. fungi: FUNGI
     gradient features as a ``fungi`` column, with the options of ``neuroprint features`` (a dict with any
     of ``neuroprint._fungi_cli.JOB_DEFAULTS``' keys: objectives "fungi", timm "model", "weights",

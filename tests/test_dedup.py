@@ -132,6 +132,35 @@ def test_hashes_do_not_depend_on_batch_padding():
         image_hashes(imgs, ["ahash"])
 
 
+def test_loader_hashes_in_decode_threads_and_drops_full_size_images(dup_folder):
+    """The signature loader hashes each image as it is decoded and keeps no full-size image unless
+    asked; its hashes equal the batched ones."""
+    from neuroprint._dedup_signatures import _SignatureLoader
+    from neuroprint._sources import open_source
+
+    folder = dup_folder[0]
+    src = open_source(folder)
+    loader = _SignatureLoader(
+        src,
+        None,
+        need_pixels=False,
+        need_decoded=False,
+        hash_kinds=("phash", "dhash"),
+        batch_size=4,
+        num_workers=2,
+    )
+    ids, got, decoded = [], {"phash": [], "dhash": []}, []
+    for batch in loader:
+        ids += [it.id for it in batch.items]
+        decoded += batch.decoded
+        for k in got:
+            got[k] += batch.hashes[k].tolist()
+    assert len(ids) == 5 * 4 + 3 and all(d is None for d in decoded)
+    imgs = [np.asarray(Image.open(folder / i).convert("RGB")) for i in ids]
+    want = image_hashes(imgs)
+    assert got["phash"] == want["phash"].tolist() and got["dhash"] == want["dhash"].tolist()
+
+
 def test_popcount_and_pack_bits():
     rng = np.random.default_rng(0)
     vals = rng.integers(-(2**63), 2**63 - 1, size=200, dtype=np.int64)
