@@ -289,7 +289,13 @@ def run(args) -> int:
                     maps = grads.abs().amax(2)
                 elif method == "occlusion":
                     res = explainer.attribute(
-                        x, units, window=window, stride=stride, baseline=args.baseline, statistic=args.reduce
+                        x,
+                        units,
+                        window=window,
+                        stride=stride,
+                        baseline=args.baseline,
+                        statistic=args.reduce,
+                        region="field",  # neuron units: windows outside their fields are skipped (exact)
                     )
                     maps, grid = res.maps, res.grid
                 elif method == "actmap":

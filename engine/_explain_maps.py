@@ -336,6 +336,8 @@ class Occlusion(LayerExplainer):
     """Occluder discrepancy maps: slide a baseline-filled window over the image and record how much each
     unit drops (dnnbrain's OccluderDiscrepancyMapping, captum's Occlusion)."""
 
+    _field = None  # the layer's traced receptive field (False: not traceable), for region="field"
+
     def attribute(
         self,
         images: torch.Tensor,
@@ -346,13 +348,15 @@ class Occlusion(LayerExplainer):
         baseline: float | torch.Tensor = 0.0,
         statistic: str = "mean",
         progress: Callable[[int], None] | None = None,
-        region: tuple[tuple[int, int], tuple[int, int]] | None = None,
+        region: tuple[tuple[int, int], tuple[int, int]] | str | None = None,
     ) -> OcclusionMaps:
         """units=None reads every channel of the layer pooled with ``statistic`` (mean or max).
 
         region: ((y0, y1), (x0, x1)), half-open input pixels outside which occluding cannot change
         the units (their theoretical receptive field, ``ReceptiveField.region``): windows that miss
-        it are not run and get discrepancy 0, which is what running them would give.
+        it are not run and get discrepancy 0, which is what running them would give. "field": the
+        union of the units' traced receptive fields when every unit sits at a (y, x) position of a
+        spatial layer; otherwise (pooled or weights units, global or untraceable layers) every window.
         """
         x = _as_batch(images, self.probe)
         wh, ww = (window, window) if isinstance(window, int) else window
@@ -364,6 +368,10 @@ class Occlusion(LayerExplainer):
         cols_x = _cover(w, xs, ww, x.dtype, x.device)  # [nw, W]
         masks = (rows_y[:, None, :, None] * cols_x[None, :, None, :]).reshape(-1, 1, h, w)  # [nh*nw, 1, H, W]
         base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+        if isinstance(region, str):
+            if region != "field":
+                raise ExplainError(f"region is ((y0, y1), (x0, x1)), 'field' or None, not {region!r}")
+            region = self._field_region(us.units, (h, w))
         run = torch.arange(masks.shape[0], device=x.device)
         if region is not None:
             (ry0, ry1), (rx0, rx1) = region
@@ -394,6 +402,26 @@ class Occlusion(LayerExplainer):
         # a stride larger than the window leaves pixels no window covers: their map is 0
         maps = torch.where(coverage > 0, total / coverage.clamp(min=1), torch.zeros_like(total))
         return OcclusionMaps(maps, grid, torch.stack(cleans), (ys, xs), us.units)
+
+    def _field_region(self, units: list[Unit], hw: tuple[int, int]):
+        """Union of the traced receptive fields of neuron units, or None when that does not apply."""
+        if not self.layer or not all(u.weights is None and isinstance(u.position, tuple) for u in units):
+            return None
+        if self._field is None:
+            from ._explain_rf import receptive_field
+
+            try:
+                self._field = receptive_field(self.model, self.layer)
+            except ExplainError as err:  # not a traceable conv/pool graph: every window runs
+                logger.info("occlusion runs every window: no receptive field for %s (%s)", self.layer, err)
+                self._field = False
+        if self._field is False or self._field.is_global:
+            return None
+        boxes = [self._field.region(u.position[0], u.position[1], hw) for u in units]
+        return (
+            (min(b[0][0] for b in boxes), max(b[0][1] for b in boxes)),
+            (min(b[1][0] for b in boxes), max(b[1][1] for b in boxes)),
+        )
 
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")

@@ -758,6 +758,16 @@ def test_occlusion_restricted_to_the_receptive_field_is_exact(resnet64, images64
     torch.testing.assert_close(fast.grid, full.grid, atol=1e-12, rtol=0)
     torch.testing.assert_close(fast.maps, full.maps, atol=1e-12, rtol=0)
     assert (full.grid != 0).any() and (full.grid == 0).any()  # some windows reach it, some do not
+    # region="field" finds the same box from the units themselves (several neurons: the union)
+    assert occ._field_region(units, (64, 64)) == box
+    traced = occ.attribute(images64, units, window=6, stride=3, region="field")
+    torch.testing.assert_close(traced.grid, full.grid, atol=1e-12, rtol=0)
+    two = [Unit(channel=0, position=(3, 9)), Unit(channel=1, position=(0, 0))]
+    (y0, y1), (x0, x1) = occ._field_region(two, (64, 64))
+    assert (y0, x0) == (0, 0) and (y1, x1) == box[0][1:] + box[1][1:]
+    assert occ._field_region([Unit(channel=0)], (64, 64)) is None  # pooled over positions: every window
+    with pytest.raises(ExplainError, match="region is"):
+        occ.attribute(images64, units, window=6, stride=3, region="rf")
 
 
 @pytest.mark.parametrize("method", ["minimal", "masked"])
