@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=2, help="alternating timed runs; the best of each is kept")
+    ap.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="neuroprint's precision (Lucent: fp32)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,11 +93,18 @@ def main() -> None:
     lk = min(args.lucent_units or k, k)
 
     # Warm-up both (allocator, kernels) on one unit, few steps.
-    render(model, args.layer, units[:2], size=args.size, steps=2)
+    render(model, args.layer, units[:2], size=args.size, steps=2, precision=args.precision)
 
     def run_ours():
         return render(
-            model, args.layer, units, size=args.size, steps=args.steps, lr=0.05, transforms="standard"
+            model,
+            args.layer,
+            units,
+            size=args.size,
+            steps=args.steps,
+            lr=0.05,
+            transforms="standard",
+            precision=args.precision,
         )
 
     lucent_layer = args.layer.replace(".", "_")
@@ -138,7 +148,7 @@ def main() -> None:
         f"model resnet18 (random), layer {args.layer} ({n} channels), {args.steps} steps, {args.size} px, {dev_name}"
     )
     print(f"{'':12s} {'units':>6s} {'seconds':>9s} {'units/s':>9s}")
-    print(f"{'neuroprint':12s} {k:6d} {t_ours:9.2f} {ours_rate:9.3f}   (one batch)")
+    print(f"{'neuroprint':12s} {k:6d} {t_ours:9.2f} {ours_rate:9.3f}   (one batch, {args.precision})")
     print(f"{'lucent':12s} {lk:6d} {t_lucent:9.2f} {lucent_rate:9.3f}   (loop over units)")
     print(
         f"speed-up {ours_rate / lucent_rate:.1f}x; objective rose on {int((ours.objective > ours.initial).sum())}/{k} units"
@@ -154,6 +164,7 @@ def main() -> None:
                 "units": k,
                 "lucent_units": lk,
                 "repeat": args.repeat,
+                "precision": args.precision,
                 "ours_units_per_s": round(ours_rate, 4),
                 "lucent_units_per_s": round(lucent_rate, 4),
                 "speedup": round(ours_rate / lucent_rate, 2),

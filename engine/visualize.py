@@ -74,6 +74,7 @@ __all__ = [
     "COLOR_CORRELATION",
     "OPTIMIZERS",
     "PARAMS",
+    "PRECISIONS",
     "Blur",
     "Compose",
     "DGNParam",
@@ -122,6 +123,9 @@ try:
     from ._errors import NeuroprintError as _Base
 except ImportError:  # pragma: no cover - the package always has it
     _Base = Exception
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 class VisualizeError(_Base, ValueError):
@@ -337,6 +341,8 @@ class _Run:
         background: str,
         reader: LayerReader,
         penalty: Objective | None = None,
+        channels_last: bool = False,
+        autocast: torch.dtype | None = None,
     ):
         self.model, self.objective, self.param = model, objective, param
         # Terms on the image itself (alpha penalty): counted once, never on the background half.
@@ -346,6 +352,8 @@ class _Run:
         self.transform = Compose(transforms)
         self.mean, self.std = mean, std
         self.reader = reader
+        self.channels_last = channels_last
+        self.autocast = autocast
         self.device = next(param.parameters()).device
         self.alpha = param.forward_shape()[1] == 4
         if background not in BACKGROUNDS:
@@ -392,13 +400,20 @@ class _Run:
             x = self.transform(x, gens)
         if self.mean is not None:
             x = (x - self.mean) / self.std
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x, x.shape[0]
 
     def values(self, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-item objective [K], per-item loss to minimise [K]) for the current parameters."""
         images = self.param()
         x, rows = self._network_input(images, train=train)
-        acts, grids = self.reader(x)
+        if self.autocast is not None:
+            with torch.autocast(x.device.type, dtype=self.autocast):
+                acts, grids = self.reader(x)
+            acts = {name: a.float() for name, a in acts.items()}  # objectives and losses in float32
+        else:
+            acts, grids = self.reader(x)
         ctx = VisContext(acts=acts, grids=grids, images=images, k=self.k)
         vals = self.objective(ctx)
         if self.penalty is not None:
@@ -437,6 +452,8 @@ def render(
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    channels_last: bool | None = None,
+    precision: str = "fp32",
 ) -> VisResult:
     """Optimise one image per unit, all units of a batch at once, on the model's device.
 
@@ -458,9 +475,15 @@ def render(
         or a list of transform objects.
     normalize: (mean, std) applied after the transforms; "auto" takes an Extractor's recipe, else
         ImageNet's; None feeds [0, 1] pixels.
+    channels_last: feed the network channels-last images (the model itself is not touched); None:
+        on the CPU (oneDNN: 1.2x for a ResNet here) and with bf16, not for fp32 on GPUs.
+    precision: "fp32", or "bf16" (the network runs under bf16 autocast; parameterisation, transforms,
+        objectives and the optimiser stay fp32): about 2x on CPUs with AVX512-BF16 and on GPUs.
     """
     if steps < 0:
         raise VisualizeError(f"steps must be >= 0, not {steps}")
+    if precision not in PRECISIONS:
+        raise VisualizeError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if optimizer not in OPTIMIZERS:
         raise VisualizeError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -501,6 +524,8 @@ def render(
         std = torch.tensor(normalize[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     tlist = _resolve_transforms(transforms)
+    if channels_last is None:
+        channels_last = device.type == "cpu" or precision == "bf16"
     images, finals, initials, histories, codes = [], [], [], [], []
     total = len(units) * steps
     bar = None
@@ -536,6 +561,8 @@ def render(
             background=background,
             reader=reader,
             penalty=penalty,
+            channels_last=channels_last,
+            autocast=torch.bfloat16 if precision == "bf16" else None,
         )
         with torch.no_grad():
             initials.append(run.values(train=False)[0].detach().cpu())
@@ -599,6 +626,8 @@ def render(
         "background": background if param == "alpha" else None,
         "seed": seed,
         "layer": layer,
+        "precision": precision,
+        "channels_last": bool(channels_last),
     }
     return VisResult(
         images=torch.cat(images),

@@ -535,3 +535,21 @@ def test_bounded_lbfgs_with_a_shared_component_is_one_problem():
     with pytest.raises(ValueError, match="lower bound is above"):
         x = nn.Parameter(torch.zeros(2, 3))
         BoundedLBFGS([x], items=2, bounds={id(x): (1.0, 0.0)})
+
+
+def test_channels_last_and_bf16_precision():
+    net, units = tiny_cnn(), [1, 4, 9]
+    kw = dict(param="fft", size=32, steps=6, lr=0.05, seed=3)
+    nchw = vis.render(net, "2", units, channels_last=False, **kw)
+    nhwc = vis.render(net, "2", units, channels_last=True, **kw)
+    assert nhwc.settings["channels_last"] and not nchw.settings["channels_last"]
+    torch.testing.assert_close(nhwc.images, nchw.images, atol=1e-5, rtol=0)  # a layout, not a change
+    half = vis.render(net, "2", units, precision="bf16", **kw)
+    assert half.settings["precision"] == "bf16" and half.objective.dtype == torch.float32
+    # bf16 rounding moves Adam's path (its steps are normalised), but not what the optimisation achieves
+    longer = vis.render(net, "2", units, precision="bf16", **{**kw, "steps": 16})
+    ref = vis.render(net, "2", units, **{**kw, "steps": 16})
+    gain, ref_gain = longer.objective - longer.initial, ref.objective - ref.initial
+    assert bool((gain > 0).all()) and abs(float(gain.sum() / ref_gain.sum()) - 1) < 0.15
+    with pytest.raises(vis.VisualizeError, match="unknown precision"):
+        vis.render(net, "2", units, precision="fp8", **kw)
