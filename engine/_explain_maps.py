@@ -188,12 +188,7 @@ class Saliency(LayerExplainer):
             rows = torch.arange(start, min(start + per_forward, n_inputs))
             xin = build(rows).detach().requires_grad_(True)
             with torch.enable_grad():
-                if self.guided:
-                    with guided_relu():
-                        acts = self.layer_acts(xin)
-                else:
-                    acts = self.layer_acts(xin)
-                vals = units.matrix(acts)  # [n, K]
+                vals = units.matrix(self._acts_for_gradients(xin))  # [n, K]
             grads = xin.new_empty(len(rows), k, *xin.shape[1:])
             for u0 in range(0, k, per_backward):
                 u = torch.arange(u0, min(u0 + per_backward, k))
@@ -207,6 +202,13 @@ class Saliency(LayerExplainer):
             chunks.append(grads)
         return torch.cat(chunks)
 
+    def _acts_for_gradients(self, xin: torch.Tensor) -> torch.Tensor:
+        """The layer's activations with autograd, every ReLU guided when ``self.guided``."""
+        if self.guided:
+            with guided_relu():
+                return self.layer_acts(xin)
+        return self.layer_acts(xin)
+
     def _gradients_copies(
         self, build: Callable[[torch.Tensor], torch.Tensor], n_inputs: int, units: UnitSet
     ) -> torch.Tensor:
@@ -217,11 +219,7 @@ class Saliency(LayerExplainer):
             rows = torch.arange(start, min(start + self.max_rows, n_inputs * k))
             xin = build(rows // k).detach().requires_grad_(True)
             with torch.enable_grad():
-                if self.guided:
-                    with guided_relu():
-                        acts = self.layer_acts(xin)
-                else:
-                    acts = self.layer_acts(xin)
+                acts = self._acts_for_gradients(xin)
                 vals = units.values(acts, torch.arange(len(rows), device=acts.device), rows % k)
                 (grad,) = torch.autograd.grad(vals.sum(), xin)
             chunks.append(grad)
