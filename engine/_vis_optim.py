@@ -143,8 +143,8 @@ class BoundedLBFGS:
     2. hold the variables on a bound whose gradient points outward; the two-loop recursion over the
        group's last ``history_size`` (s, y) pairs gives the direction on the free ones (steepest
        descent when that is not a descent direction or there is no history yet);
-    3. backtracking line search along the projected path ``P(x + t d)`` from ``t = lr`` (first
-       step: ``lr * min(1, 1/|g|_1)``, as torch's L-BFGS), halving ``t`` until the projected Armijo
+    3. backtracking line search along the projected path ``P(x + t d)`` from ``t = lr`` (steepest
+       descent steps: ``lr * min(1, 1/|g|_1)``, as torch's first L-BFGS step), halving ``t`` until the projected Armijo
        condition ``f(P(x + t d)) <= f(x) + c1 g.(P(x + t d) - x)`` holds, at most ``max_ls`` times
        (a group that never satisfies it keeps its point for this step);
     4. store the pair (s, y) when ``s.y > 0``.
@@ -249,9 +249,10 @@ class BoundedLBFGS:
         use_steepest = ~torch.isfinite(gd) | (gd >= 0) | (self.pairs == 0)
         d = torch.where(use_steepest[:, None], steepest, d)
         t = torch.full((self.groups,), self.lr, dtype=torch.float64, device=x.device)
-        first = self.pairs == 0
+        # A steepest-descent step (no history yet, or the quasi-Newton direction is not a descent one)
+        # starts at lr * min(1, 1/|g|_1), as torch's first L-BFGS step; the quasi-Newton one at lr.
         g1 = steepest.abs().sum(1, dtype=torch.float64).clamp_min(1e-300)
-        t = torch.where(first, self.lr * torch.clamp(1.0 / g1, max=1.0), t)
+        t = torch.where(use_steepest, self.lr * torch.clamp(1.0 / g1, max=1.0), t)
 
         accepted = torch.zeros(self.groups, dtype=torch.bool, device=x.device)
         x_new, f_new, g_new = x.clone(), f.clone(), g.clone()
