@@ -11,8 +11,8 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+from agreement import LEVEL_FLOAT32, assert_rows_agree, assert_vdnas_agree
 from conftest import TINY
-from test_job import assert_same_vdnas
 
 from neuroprint import profile
 from neuroprint._job import run_job
@@ -42,8 +42,8 @@ def test_local_ray1_ray2_give_the_same_output(many, tmp_path):
     one = run_job(src, tmp_path / "ray1", DISTS, ranges=ranges, shard_size=3, ray=True, num_actors=1, **KW)
     two = run_job(src, tmp_path / "ray2", DISTS, ranges=ranges, shard_size=3, ray=True, num_actors=2, **KW)
     assert local.processed == one.processed == two.processed == 24 and two.failed == 1
-    assert_same_vdnas(local.vdnas, one.vdnas)
-    assert_same_vdnas(local.vdnas, two.vdnas)
+    assert_vdnas_agree(local.vdnas, one.vdnas, LEVEL_FLOAT32)
+    assert_vdnas_agree(local.vdnas, two.vdnas, LEVEL_FLOAT32)
     rows = [pq.read_table(tmp_path / d / "rows") for d in ("local", "ray1", "ray2")]
     assert rows[0].equals(rows[1]) and rows[0].equals(rows[2])
 
@@ -58,8 +58,8 @@ def test_dali_decoding_in_ray_actors_equals_local_dali(many, tmp_path):
     local = run_job(src, tmp_path / "local", DISTS, **kw)
     two = run_job(src, tmp_path / "ray2", DISTS, ray=True, num_actors=2, **kw)
     assert local.processed == two.processed == 24 and two.failed == 1
-    assert_same_vdnas(local.vdnas, two.vdnas)
-    assert pq.read_table(tmp_path / "local" / "rows").equals(pq.read_table(tmp_path / "ray2" / "rows"))
+    assert_vdnas_agree(local.vdnas, two.vdnas, LEVEL_FLOAT32)
+    assert_rows_agree(pq.read_table(tmp_path / "local" / "rows"), pq.read_table(tmp_path / "ray2" / "rows"))
 
 
 def test_killed_actor_loses_no_row(many, tmp_path):
@@ -93,7 +93,7 @@ def test_killed_actor_loses_no_row(many, tmp_path):
     ids = pq.read_table(out / "rows").column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 25
     clean = profile(src, DISTS, ranges=ranges, **{**KW, "batch_size": 1})
-    assert_same_vdnas(clean, res.vdnas)
+    assert_vdnas_agree(clean, res.vdnas, LEVEL_FLOAT32)
 
 
 def test_cli_ray_job(many, tmp_path, capsys):
