@@ -20,6 +20,8 @@ import json
 import logging
 from pathlib import Path
 
+from ._cli_common import num_images_arg
+
 __all__ = ["METHODS", "add_parser", "add_rf_parser", "run", "run_rf"]
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     out.add_argument("--png-units", type=int, default=8, help="overlays for the first N units (0: none)")
     out.add_argument("--batch-size", type=int, default=8, help="images decoded and explained together")
     out.add_argument("--max-rows", type=int, default=64, help="rows (image x unit x sample) per forward")
-    out.add_argument("--num-images", type=int, default=-1, help="explain only the first N images")
+    out.add_argument("--num-images", type=num_images_arg, default=-1, help="explain only the first N images")
     out.add_argument("--workers", type=int, default=2, help="decoding threads")
     out.add_argument(
         "--backward",
@@ -139,7 +141,7 @@ def add_rf_parser(subparsers) -> argparse.ArgumentParser:
         help="'default', 'random' or a checkpoint (the theoretical field needs none)",
     )
     em.add_argument("--channel", type=int, default=None, help="one channel at (Y,X); default: every channel")
-    em.add_argument("--num-images", type=int, default=64, help="use the first N images of SOURCE")
+    em.add_argument("--num-images", type=num_images_arg, default=64, help="use the first N images of SOURCE")
     em.add_argument("--window", type=int, nargs="+", default=[7], help="occluder side, or height width")
     em.add_argument("--stride", type=int, nargs="+", default=[2], help="occluder step, or y x")
     em.add_argument("--threshold", type=float, default=0.5, help="fraction of the mean map's peak")

@@ -112,7 +112,8 @@ class Ranges:
 
 
 def load_ranges(path: str | os.PathLike) -> Ranges:
-    """Ranges from a vdna activation_ranges.json, or from an activation-ranges VDNA (NAME.json + NAME.npz)."""
+    """Ranges from a vdna activation_ranges.json, a job directory's ranges.json (neuroprint's record: origin,
+    mins, maxs), or an activation-ranges VDNA (NAME.json + NAME.npz)."""
     path = Path(path)
     json_path = path if path.suffix == ".json" else path.with_suffix(".json")
     if not json_path.is_file():
@@ -129,12 +130,18 @@ def load_ranges(path: str | os.PathLike) -> Ranges:
             return Ranges.from_vdna_json(raw, origin=f"file:{json_path.name}")
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise VDNAFileError(f"malformed ranges file {json_path}: {type(err).__name__}: {err}") from err
+    if "mins" in raw and "maxs" in raw and "type" not in raw:
+        # neuroprint's own record: a job's ranges.json, or the "ranges" entry of a VDNA's metadata.
+        try:
+            return Ranges.from_json(raw)
+        except VDNAFileError as err:
+            raise VDNAFileError(f"{json_path}: {err}") from err
     if raw.get("type") == "activation-ranges":
         from ._vdna import load_vdna_from_files
 
         vdna = load_vdna_from_files(json_path)
         return vdna.to_ranges(origin=f"vdna:{json_path.stem}")
     raise VDNAFileError(
-        f"{json_path} is neither an activation_ranges.json nor an activation-ranges VDNA "
-        f"(type {raw.get('type')!r})"
+        f"{json_path} is neither an activation_ranges.json, a job's ranges.json nor an activation-ranges "
+        f"VDNA (type {raw.get('type')!r})"
     )

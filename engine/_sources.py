@@ -130,6 +130,10 @@ class Source:
         return self._items[n * index // num_shards : n * (index + 1) // num_shards]
 
     def _select(self, num_images: int, shuffle: bool, seed: int) -> None:
+        if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)):
+            raise SourceError(f"num_images must be an integer (-1 for all), got {num_images!r}")
+        if num_images == 0 or num_images < -1:
+            raise SourceError(f"num_images must be -1 (all images) or at least 1, got {num_images}")
         # vdna shuffles only when it keeps a strict subset, with random.seed(seed); random.shuffle(files).
         # A private Random seeded the same way draws the same permutation without touching global state.
         if 0 < num_images < len(self._items):

@@ -166,6 +166,7 @@ class VDNA:
             self._load_arrays(arrays, meta.get("distribution", {}), file_path)
         finally:
             arrays.close()
+        self._validate(file_path)
         self.to(device)
         self.loaded_from_path = str(file_path)
 
@@ -263,6 +264,39 @@ class VDNA:
             raise VDNAFileError(
                 f"malformed VDNA metadata {_json_path(file_path)}: missing or bad {err}"
             ) from err
+
+    def _validate(self, file_path) -> None:
+        """Refuse a loaded VDNA whose numbers or metadata would give silent wrong answers (NaN distances,
+        EMD of empty histograms); the message names the file and the field."""
+        js, npz = _json_path(file_path), _npz_path(file_path)
+        if self.num_images < 0:
+            raise VDNAFileError(f"{js}: field 'num_images' is negative ({self.num_images})")
+        rec = self.meta.get("ranges")
+        if rec is not None:
+            if not isinstance(rec, dict):
+                raise VDNAFileError(
+                    f"{js}: field 'neuroprint.ranges' must be an object, got {type(rec).__name__}"
+                )
+            try:
+                Ranges.from_json(rec)
+            except VDNAFileError as err:
+                raise VDNAFileError(f"{js}: field 'neuroprint.ranges': {err}") from err
+        failures = self.meta.get("failures", [])
+        if not isinstance(failures, list) or not all(isinstance(f, dict) for f in failures):
+            raise VDNAFileError(f"{js}: field 'neuroprint.failures' must be a list of objects")
+        for layer, d in self.data.items():
+            for key, t in d.items() if isinstance(d, dict) else [("counts", d)]:
+                if t.is_floating_point():
+                    bad = ~torch.isfinite(t)
+                    if bool(bad.any()):
+                        where = tuple(int(i) for i in torch.nonzero(bad)[0])
+                        raise VDNAFileError(
+                            f"{npz}: field {key!r} of layer {layer!r} holds NaN or inf (first at index {where})"
+                        )
+            self._validate_layer(layer, d, npz)
+
+    def _validate_layer(self, layer: str, d, npz) -> None:
+        """Kind-specific checks of one loaded layer (finite values are checked already)."""
 
     # Kinds whose data is {layer: {field: tensor}} list their fields: (name, npz dtype, is a matrix).
     # vdna's npz keys are "<field>-<layer>".
@@ -376,6 +410,18 @@ class VDNAHist(VDNA):
                 raise VDNAFileError(f"{_npz_path(file_path)}: histogram {layer!r} is not integer counts")
             self.data[layer] = t
 
+    def _validate_layer(self, layer, d, npz) -> None:
+        if bool((d < 0).any()):
+            i = int(torch.nonzero((d < 0).any(dim=1))[0])
+            raise VDNAFileError(f"{npz}: histogram {layer!r} has negative counts (neuron {i})")
+        empty = d.sum(dim=1) == 0
+        if self.num_images > 0 and bool(empty.any()):
+            i = int(torch.nonzero(empty)[0])
+            raise VDNAFileError(
+                f"{npz}: histogram {layer!r} is empty for {int(empty.sum())} neuron(s) (first: {i}) of a "
+                f"VDNA of {self.num_images} images; EMD is undefined there"
+            )
+
     def _merged_data(self, other: VDNA) -> dict:
         return {
             k: self.data[k].to(torch.int64) + other.data[k].to(torch.int64).to(self.data[k].device)
@@ -401,6 +447,11 @@ class VDNAGauss(VDNA):
             "mu": torch.cat([d["mu"] for d in self.data.values()]),
             "var": torch.cat([d["var"] for d in self.data.values()]),
         }
+
+    def _validate_layer(self, layer, d, npz) -> None:
+        if bool((d["var"] < 0).any()):
+            i = int(torch.nonzero(d["var"] < 0)[0])
+            raise VDNAFileError(f"{npz}: field 'var' of layer {layer!r} is negative (neuron {i})")
 
     def _merged_data(self, other: VDNA) -> dict:
         out = {}
@@ -430,6 +481,14 @@ class VDNALayerGauss(VDNA):
 
     def get_all_neurons_dists(self):
         return self.data
+
+    def _validate_layer(self, layer, d, npz) -> None:
+        diag = torch.diagonal(d["sigma"])
+        if bool((diag < 0).any()):
+            i = int(torch.nonzero(diag < 0)[0])
+            raise VDNAFileError(
+                f"{npz}: field 'sigma' of layer {layer!r} has a negative variance (neuron {i})"
+            )
 
     def _merged_data(self, other: VDNA) -> dict:
         out = {}
@@ -473,6 +532,11 @@ class VDNAActivationRanges(VDNA):
             {k: d["max"].double().cpu().numpy() for k, d in self.data.items()},
             origin or f"vdna:{self.loaded_from_path}",
         )
+
+    def _validate_layer(self, layer, d, npz) -> None:
+        if bool((d["min"] > d["max"]).any()):
+            i = int(torch.nonzero(d["min"] > d["max"])[0])
+            raise VDNAFileError(f"{npz}: layer {layer!r} has min > max (neuron {i})")
 
     def _merged_data(self, other: VDNA) -> dict:
         return {

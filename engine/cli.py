@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from ._cli_common import num_images_arg
+
 EPILOG = textwrap.dedent(
     """\
     examples:
@@ -164,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="torch.compile the network [default: on CUDA]",
     )
-    pr.add_argument("--num-images", type=int, default=-1, help="use only this many images (-1: all)")
+    pr.add_argument("--num-images", type=num_images_arg, default=-1, help="use only this many images (-1: all)")
     pr.add_argument(
         "--shuffle", action="store_true", help="pick --num-images at random (seeded) instead of the first"
     )
@@ -689,6 +691,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"neuroprint {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a fault we did not foresee (a cluster, a library): still one line
+        if args.debug:
+            raise
+        msg = " ".join(str(err).split())
+        print(
+            f"neuroprint {args.command}: error: {type(err).__name__}: {msg} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("neuroprint: interrupted", file=sys.stderr)
