@@ -27,3 +27,7 @@ class VDNAFileError(NeuroprintError, ValueError):
 
 class IncompatibleVDNAError(NeuroprintError, ValueError):
     """Two VDNAs cannot be compared or merged (different extractor, distribution, ranges, ...)."""
+
+
+class RayJobError(NeuroprintError, RuntimeError):
+    """A job on Ray cannot go on: a shard failed or killed its actors too often, or no actor came back."""

@@ -3,14 +3,21 @@
 Each actor builds its decoder and (compiled) backbone once, in ``__init__``; shards are the work units.
 An actor returns a shard's rows and exact reducer state to the driver, which alone writes files and the
 manifest (so the output is the local runner's, byte for byte). A shard whose actor dies is resubmitted
-to the restarted actor; no shard is committed twice, so no row is lost or duplicated.
+to a live actor at once, or waits for its own actor's restart, which is probed with backoff before it
+gets work again; only the driver commits, and each shard once, so no row is lost or duplicated.
+Actor deaths (``RayActorError``: killed, restarting, out of memory) and the shard's own exceptions
+(``RayTaskError``) are counted apart per shard, with the limits below; past a limit, or when no actor
+answers for ``WAIT_LIMIT_S`` seconds, the job stops with a one-line `RayJobError`. A rerun resumes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import os
+import time
 from collections import deque
 
 import torch
@@ -18,7 +25,16 @@ import torch
 logger = logging.getLogger(__name__)
 
 ACTOR_PREFIX = "neuroprint-shard-worker-"
-MAX_ATTEMPTS = 4
+# A shard whose own code raises (a bug, a full disk) is tried this many times in all.
+MAX_FAILURES = 3
+# A shard whose actor died under it this many times is the likely cause (e.g. one image that runs the
+# actor out of memory) and fails the job rather than kill actors for ever.
+MAX_DEATHS = 5
+# A dead actor is probed (a cheap call) until Ray has restarted it: first after this many seconds,
+# doubling up to the cap. No actor answering for WAIT_LIMIT_S seconds, with work left, fails the job.
+PROBE_FIRST_S = 0.25
+PROBE_MAX_S = 8.0
+WAIT_LIMIT_S = 300.0
 
 
 def _require_ray():
@@ -82,38 +98,91 @@ def _run(ray, spec, shards, todo, commit, bar, num_actors) -> None:
             return self.worker.run(k, items)
 
     actors = [Worker.options(name=f"{ACTOR_PREFIX}{i}").remote(spec) for i in range(num_actors)]
-    queue = deque(todo)
-    attempts = dict.fromkeys(todo, 0)
-    running = {}  # future -> (k, actor)
-    idle = deque(actors)
-
-    def submit():
-        while queue and idle:
-            k = queue.popleft()
-            actor = idle.popleft()
-            attempts[k] += 1
-            running[actor.run.remote(k, shards[k])] = (k, actor)
-
-    submit()
     try:
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1)
-            fut = done[0]
-            k, actor = running.pop(fut)
-            try:
-                table, state, failed = ray.get(fut)
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
-                if attempts[k] >= MAX_ATTEMPTS:
-                    raise RuntimeError(f"shard {k} failed {attempts[k]} times; last error: {err}") from err
-                logger.warning("shard %d: actor died (%s); resubmitting", k, type(err).__name__)
-                queue.appendleft(k)
-                idle.append(actor)  # max_restarts: Ray brings the actor back
-                submit()
-                continue
-            commit(k, table, state, failed)
-            bar.update(table.num_rows)
-            idle.append(actor)
-            submit()
+        _schedule(ray, actors, shards, todo, commit, bar)
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _one_line(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err  # RayTaskError carries the shard's own exception
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def _schedule(ray, actors, shards, todo, commit, bar) -> None:
+    """Runs every shard of ``todo`` on the actors and commits each result once (see the module docstring)."""
+    from ._errors import RayJobError
+
+    died = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
+    queue = deque(todo)
+    failures = dict.fromkeys(todo, 0)
+    deaths = dict.fromkeys(todo, 0)
+    running = {}  # future -> (shard, actor)
+    probes = {}  # future -> (actor, delay): is the restarted actor back?
+    later = []  # heap of (when, tie, actor, delay): actors to probe again
+    tie = itertools.count()
+    idle = deque(actors)
+    last_progress = time.monotonic()
+
+    def probe_later(actor, delay):
+        heapq.heappush(later, (time.monotonic() + delay, next(tie), actor, delay))
+
+    while queue or running:
+        while queue and idle:
+            k, actor = queue.popleft(), idle.popleft()
+            running[actor.run.remote(k, shards[k])] = (k, actor)
+        now = time.monotonic()
+        while later and later[0][0] <= now:
+            _, _, actor, delay = heapq.heappop(later)
+            probes[actor.pid.remote()] = (actor, delay)
+        if not running and not probes:
+            if now - last_progress > WAIT_LIMIT_S:
+                raise RayJobError(
+                    f"no Ray actor came back within {WAIT_LIMIT_S:.0f} s; {len(queue)} shard(s) left "
+                    "(rerun the command to resume)"
+                )
+            time.sleep(max(0.0, later[0][0] - now) if later else PROBE_FIRST_S)
+            continue
+        timeout = max(0.0, later[0][0] - now) if later else None
+        done, _ = ray.wait([*running, *probes], num_returns=1, timeout=timeout)
+        if not done:
+            continue
+        fut = done[0]
+        if fut in probes:
+            actor, delay = probes.pop(fut)
+            try:
+                ray.get(fut)
+            except died:
+                probe_later(actor, min(2 * delay, PROBE_MAX_S))
+                continue
+            idle.append(actor)
+            last_progress = time.monotonic()
+            continue
+        k, actor = running.pop(fut)
+        try:
+            table, state, failed = ray.get(fut)
+        except died as err:
+            deaths[k] += 1
+            if deaths[k] >= MAX_DEATHS:
+                raise RayJobError(
+                    f"shard {k}: its Ray actor died {deaths[k]} times while running it (last: "
+                    f"{type(err).__name__}); an image of this shard may exhaust the actor's memory"
+                ) from err
+            logger.warning("shard %d: actor died (%s); the shard goes to a live actor", k, type(err).__name__)
+            queue.appendleft(k)
+            probe_later(actor, PROBE_FIRST_S)
+            continue
+        except ray.exceptions.RayTaskError as err:
+            failures[k] += 1
+            if failures[k] >= MAX_FAILURES:
+                raise RayJobError(f"shard {k} failed {failures[k]} times; last error: {_one_line(err)}") from err
+            logger.warning("shard %d failed (%s); retrying", k, _one_line(err))
+            queue.appendleft(k)
+            idle.append(actor)
+            continue
+        commit(k, table, state, failed)
+        bar.update(table.num_rows)
+        last_progress = time.monotonic()
+        idle.append(actor)
