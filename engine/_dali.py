@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._decode import Batch, _one_line, decode_image, preprocess
+from ._decode import DEFAULT_MAX_PIXELS, Batch, _one_line, decode_image, preprocess
 from ._errors import DecodeError
 from ._recipe import Recipe
 from ._sources import Item, Source, open_source
@@ -173,6 +173,7 @@ class DaliImageLoader:
         device_id: int | None = None,
         seed: int = 0,
         items: Sequence[Item] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -194,6 +195,7 @@ class DaliImageLoader:
         self.device_id = None if device_id is None else int(device_id)
         self.seed = int(seed)
         self.items = list(self.source) if items is None else list(items)
+        self.max_pixels = int(max_pixels)
         self._pipe = None
         self.device = torch.device("cpu") if self.device_id is None else torch.device("cuda", self.device_id)
 
@@ -292,6 +294,8 @@ class DaliImageLoader:
             return _Prepared(item, reason=f"{type(e).__name__}: {_one_line(e)}")
         prep = _Prepared(item, payload=payload)
         size = _probe(payload)
+        if size is not None and self.max_pixels and size[0] * size[1] > self.max_pixels:
+            size = None  # the PIL path records it as over the limit, without decoding it
         if size is not None:
             w, h = size
             rng = self._rng_for(item) if self.recipe.crop == "random" else None
@@ -304,7 +308,7 @@ class DaliImageLoader:
         if prep.reason is not None:
             return None, prep.reason
         try:
-            img = decode_image(prep.payload)
+            img = decode_image(prep.payload, max_pixels=self.max_pixels)
             rng = self._rng_for(prep.item) if self.recipe.crop == "random" else None
             return preprocess(img, self.recipe, rng), (int(img.shape[1]), int(img.shape[0]))
         except DecodeError as e:

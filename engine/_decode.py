@@ -55,7 +55,24 @@ def _one_line(text: object) -> str:
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-def decode_image(payload: bytes | bytearray | memoryview | str | os.PathLike | np.ndarray) -> np.ndarray:
+# Images above this many pixels are failures, never decoded: a 100 MP RGB image is 300 MB decoded, and
+# PIL's own bomb guard only warns up to 179 MP (and fails at twice that). 0 disables the limit.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if max_pixels and width * height > max_pixels:
+        raise DecodeError(
+            f"image of {width}x{height} ({width * height / 1e6:.1f} MP) is over the max_pixels limit "
+            f"of {max_pixels / 1e6:g} MP; not decoded (raise --max-pixels, or 0 for no limit)"
+        )
+
+
+def decode_image(
+    payload: bytes | bytearray | memoryview | str | os.PathLike | np.ndarray,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
     """Decode one payload to a uint8 HxWx3 RGB array.
 
     ``payload`` is the encoded file content (bytes), a path to a file, or an image array (uint8 HxW,
@@ -63,23 +80,25 @@ def decode_image(payload: bytes | bytearray | memoryview | str | os.PathLike | n
     rules. Every failure raises :class:`DecodeError` with a one-line reason.
 
     PIL's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) is honoured as currently set: an image
-    over twice the limit is a DecodeError. The global setting is read, never changed here.
+    over twice the limit is a DecodeError. The global setting is read, never changed here. Before that,
+    an encoded image of more than ``max_pixels`` pixels (read from its header) is a DecodeError without
+    being decoded; 0 disables the check.
     """
     if isinstance(payload, np.ndarray):
         return _array_to_rgb(payload)
     if isinstance(payload, (str, os.PathLike)):
-        return _decode_path(Path(payload))
+        return _decode_path(Path(payload), max_pixels)
     if isinstance(payload, (bytes, bytearray, memoryview)):
         data = bytes(payload)
         if not data:
             raise DecodeError("empty file (0 bytes)")
         if data.startswith(_NPY_MAGIC):
             return _array_to_rgb(_load_npy(io.BytesIO(data)))
-        return _decode_pil(io.BytesIO(data))
+        return _decode_pil(io.BytesIO(data), max_pixels)
     raise DecodeError(f"cannot decode a payload of type {type(payload).__name__}")
 
 
-def _decode_path(path: Path) -> np.ndarray:
+def _decode_path(path: Path, max_pixels: int) -> np.ndarray:
     try:
         size = path.stat().st_size
         if path.is_dir():
@@ -91,7 +110,7 @@ def _decode_path(path: Path) -> np.ndarray:
                 f.seek(0)
                 return _array_to_rgb(_load_npy(f))
             f.seek(0)
-            return _decode_pil(f)
+            return _decode_pil(f, max_pixels)
     except FileNotFoundError:
         raise DecodeError(f"file not found: {path}") from None
     except PermissionError:
@@ -122,10 +141,11 @@ def _warn_if_truncated_images_allowed() -> None:
         )
 
 
-def _decode_pil(f) -> np.ndarray:
+def _decode_pil(f, max_pixels: int) -> np.ndarray:
     _warn_if_truncated_images_allowed()
     try:
         with Image.open(f) as img:
+            _check_pixels(*img.size, max_pixels)  # the header is parsed; no pixel is decoded yet
             # load() raises on truncated data as long as LOAD_TRUNCATED_IMAGES stays False (PIL's default);
             # convert() would load lazily too, but an explicit load keeps the error cause unambiguous.
             img.load()
@@ -270,6 +290,7 @@ class ImageLoader:
         items: Sequence[Item] | None = None,
         pin_memory: bool = False,
         prefetch: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -285,6 +306,9 @@ class ImageLoader:
         # Pinned host memory needs an accelerator runtime; without one it only costs an error.
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
         self.prefetch = max(self.batch_size, int(prefetch) if prefetch else 2 * self.batch_size)
+        if max_pixels < 0:
+            raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
+        self.max_pixels = int(max_pixels)
 
     def __len__(self) -> int:
         return -(-len(self.items) // self.batch_size)
@@ -295,7 +319,7 @@ class ImageLoader:
     def load(self, item: Item) -> tuple[torch.Tensor | None, str | tuple[int, int]]:
         """One item -> (pixels, (width, height)) or (None, reason)."""
         try:
-            img = decode_image(self.source.read(item))
+            img = decode_image(self.source.read(item), max_pixels=self.max_pixels)
             return self._prepare(item, img), (int(img.shape[1]), int(img.shape[0]))
         except DecodeError as e:
             reason = _one_line(e)

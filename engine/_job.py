@@ -8,6 +8,7 @@ Output directory::
     partials/shard-00000.npz the shard's exact reducer states (integers and float64 moments; no pickle)
     <distribution>.json/.npz the dataset VDNAs, merged from every shard's partial state
     failures.parquet         the items that could not be read, with their reasons
+    job.lock                 while a process runs the job: its pid, host and start time (neuroprint._lock)
 
 A shard counts as finished only once it is listed in the manifest, which is rewritten (temporary file,
 then rename) after both of its files are in place; a rerun of the same job skips finished shards and
@@ -20,6 +21,7 @@ Runners: local (one process, here) and Ray (``_ray.py``). Decoders: the PIL path
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -31,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._decode import ImageLoader
+from ._decode import DEFAULT_MAX_PIXELS, ImageLoader
 from ._errors import NeuroprintError
+from ._lock import LOCK_NAME, job_lock
 from ._processor import (
     _CACHE,
     _default_workers,
@@ -129,6 +132,7 @@ class ShardSpec:
     decoder: str = "pil"  # "pil" or "dali" (resolved by run_job)
     hashes: tuple = ()  # perceptual hashes of the decoded images: "phash", "dhash"
     fungi: dict | None = None  # FUNGI options (neuroprint._fungi_cli.JOB_DEFAULTS' keys), or None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images above it are failure rows, not decoded (0: no limit)
 
 
 DECODERS = ("auto", "pil", "dali")
@@ -149,7 +153,9 @@ def resolve_decoder(decoder: str, dev: torch.device) -> str:
     return decoder
 
 
-def make_loader(decoder: str, source, recipe, *, batch_size, num_workers, seed, dev, items=None):
+def make_loader(
+    decoder: str, source, recipe, *, batch_size, num_workers, seed, dev, items=None, max_pixels=DEFAULT_MAX_PIXELS
+):
     """The job's decoder over ``items`` (default: the whole source), yielding ``Batch`` objects in order."""
     if decoder == "dali":
         from ._dali import DaliImageLoader
@@ -165,6 +171,7 @@ def make_loader(decoder: str, source, recipe, *, batch_size, num_workers, seed, 
             device_id=device_id,
             seed=seed,
             items=items,
+            max_pixels=max_pixels,
         )
     return ImageLoader(
         source,
@@ -174,6 +181,7 @@ def make_loader(decoder: str, source, recipe, *, batch_size, num_workers, seed, 
         seed=seed,
         items=items,
         pin_memory=dev.type == "cuda",
+        max_pixels=max_pixels,
     )
 
 
@@ -239,6 +247,7 @@ class ShardWorker:
                 seed=spec.seed,
                 items=shard_items,
                 pin_memory=self.dev.type == "cuda",
+                max_pixels=spec.max_pixels,
             )
         if spec.decoder == "dali" and self._dali is not None:
             self._dali.items = list(shard_items)
@@ -252,6 +261,7 @@ class ShardWorker:
             seed=spec.seed,
             dev=self.dev,
             items=shard_items,
+            max_pixels=spec.max_pixels,
         )
         if spec.decoder == "dali":
             self._dali = loader
@@ -337,7 +347,7 @@ class ShardWorker:
         return table, state, failed
 
 
-def run_job(
+def _run_job(
     source,
     out_dir: str | os.PathLike,
     distributions: str | Sequence[str] = "histogram-1000",
@@ -366,6 +376,7 @@ def run_job(
     command: dict | None = None,
     hashes: Sequence[str] = (),
     fungi: dict | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> JobResult:
     """Profile ``source`` into ``out_dir`` shard by shard; rerunning resumes (see the module docstring).
 
@@ -385,7 +396,8 @@ def run_job(
     gradient features as a ``fungi`` column, with the options of ``neuroprint features`` (a dict with any
     of ``neuroprint._fungi_cli.JOB_DEFAULTS``' keys: objectives "fungi", timm "model", "weights",
     "layer", "input_dim", "negatives", "fp16", "mode", "seed"); the same numbers as that command; needs
-    the PIL decoder. command: the CLI's arguments, recorded in the manifest at the first run
+    the PIL decoder. max_pixels: images with more pixels (read from their header) are failure rows
+    without being decoded (0: no limit); part of the job's settings. command: the CLI's arguments, recorded in the manifest at the first run
     so that ``neuroprint profile --resume --out-dir DIR`` can rerun it. Other arguments as
     `neuroprint.profile`.
 
@@ -470,6 +482,7 @@ def run_job(
         "shard_size": int(shard_size),
         "seed": int(seed),
         "decoder": decoder,
+        "max_pixels": int(max_pixels),
         "hashes": list(hashes),
         "fungi": fungi,
     }
@@ -495,7 +508,7 @@ def run_job(
             )
         logger.info("resuming %s: %d of %d shards finished", out, len(manifest["finished"]), len(shards))
     else:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
             raise JobError(
                 f"{out} exists and is not a neuroprint job directory (no {MANIFEST}); use an empty or new directory"
             )
@@ -516,7 +529,14 @@ def run_job(
             def auto_pass() -> Ranges:
                 r = ActivationRangesReducer(ex.layers)
                 loader = make_loader(
-                    decoder, src, recipe, batch_size=batch_size, num_workers=workers, seed=seed, dev=dev
+                    decoder,
+                    src,
+                    recipe,
+                    batch_size=batch_size,
+                    num_workers=workers,
+                    seed=seed,
+                    dev=dev,
+                    max_pixels=max_pixels,
                 )
                 from ._processor import _empty, _run_pass
 
@@ -550,6 +570,7 @@ def run_job(
         num_workers=workers,
         references=refs,
         decoder=decoder,
+        max_pixels=int(max_pixels),
         hashes=hashes,
         fungi=fungi,
     )
@@ -603,6 +624,13 @@ def run_job(
         seed,
         todo,
     )
+
+
+@functools.wraps(_run_job)
+def run_job(source, out_dir, *args, **kwargs) -> JobResult:
+    # One process per job directory (see neuroprint._lock): a second start fails at once, naming the holder.
+    with job_lock(out_dir):
+        return _run_job(source, out_dir, *args, **kwargs)
 
 
 def _check_job_reference(name: str, ref, ex) -> None:
@@ -683,6 +711,7 @@ def _finish(
         "source": _json_source(src.describe()),
         "crop_to_square_pre_resize": recipe.crop,
         "resize_mode": recipe.resize,
+        "max_pixels": int(manifest["settings"].get("max_pixels", DEFAULT_MAX_PIXELS)),
     }
     extraction = {
         "num_workers": workers,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._decode import ImageLoader, decode_image, preprocess
+from ._decode import DEFAULT_MAX_PIXELS, ImageLoader, decode_image, preprocess
 from ._errors import EmptySourceError
 from ._ranges import Ranges, load_ranges
 from ._reducers import ActivationRangesReducer, Reducer, make_reducer, parse_distribution
@@ -158,6 +158,7 @@ def profile(
     crop: str = "none",
     resize_mode: str | None = None,
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, VDNA]:
     """Profile a source with one extractor into one VDNA per distribution, from a single forward pass.
 
@@ -168,7 +169,8 @@ def profile(
         a `Ranges`. The ranges used are stored in the output and checked before any comparison.
     device: None picks CUDA when present, else the CPU. compile: None compiles on CUDA only (on CPU the
         compile time exceeds the gain for all but very large jobs).
-    Images that cannot be read are skipped and listed in each VDNA's ``failures``; a source with no
+    max_pixels: images with more pixels (read from their header) are failures, never decoded (0: no
+    limit; recorded in the data settings). Images that cannot be read are skipped and listed in each VDNA's ``failures``; a source with no
     readable image raises EmptySourceError.
     """
     names = [distributions] if isinstance(distributions, str) else list(distributions)
@@ -195,7 +197,13 @@ def profile(
         recipe = recipe.with_(resize=resize_mode)
     workers = _default_workers() if num_workers is None else int(num_workers)
     loader = ImageLoader(
-        src, recipe, batch_size=batch_size, num_workers=workers, seed=seed, pin_memory=dev.type == "cuda"
+        src,
+        recipe,
+        batch_size=batch_size,
+        num_workers=workers,
+        seed=seed,
+        pin_memory=dev.type == "cuda",
+        max_pixels=max_pixels,
     )
 
     def auto_pass() -> Ranges:
@@ -223,6 +231,7 @@ def profile(
         "resize_mode": recipe.resize,
         "shuffle_files": bool(shuffle),
         "num_images": int(num_images),
+        "max_pixels": int(max_pixels),
     }
     extraction = {
         "num_workers": workers,

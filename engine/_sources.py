@@ -462,18 +462,26 @@ class TarSource(Source):
             raise EmptySourceError("no .tar shards given")
         items: list[Item] = []
         for t in self.tars:
+            name = os.path.basename(t)
             try:
-                with tarfile.open(t, "r:") as tf:
+                tf = tarfile.open(t, "r:")
+            except (OSError, tarfile.TarError) as e:
+                raise SourceError(f"cannot read tar shard {t}: {e}") from None
+            with tf:
+                try:
                     for m in tf:
                         if m.isfile() and _extension(m.name) in _EXTENSION_SET:
-                            name = os.path.basename(t)
                             items.append(
                                 Item(
                                     id=f"{name}/{m.name}", uri=f"{t}#{m.name}", ref=(t, m.offset_data, m.size)
                                 )
                             )
-            except (OSError, tarfile.TarError) as e:
-                raise SourceError(f"cannot read tar shard {t}: {e}") from None
+                except (OSError, EOFError, tarfile.TarError) as e:
+                    # A shard cut short (an interrupted copy): the complete members before the damage are
+                    # items; the damaged tail is one item that fails with the reason, so it is reported.
+                    at = tf.offset
+                    why = f"damaged or truncated tar {t} after byte {at}: {e}"
+                    items.append(Item(id=f"{name}/#damaged-tail@{at}", uri=f"{t}#@{at}", ref=(t, at, why)))
         if not items:
             raise EmptySourceError(f"no images found in the tar shards {', '.join(self.tars)}")
         ids = _unique_ids([it.id for it in items])
@@ -481,6 +489,8 @@ class TarSource(Source):
 
     def read(self, item: Item) -> bytes:
         path, offset, size = item.ref
+        if isinstance(size, str):  # the damaged tail of a cut shard
+            raise DecodeError(size)
         try:
             with open(path, "rb") as f:
                 f.seek(offset)

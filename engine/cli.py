@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from ._cli_common import num_images_arg
+from ._cli_common import DEFAULT_MAX_PIXELS, max_pixels_arg, num_images_arg
 
 EPILOG = textwrap.dedent(
     """\
@@ -110,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "pil", "dali"],
         help="with --out-dir: image decoding; auto = DALI on CUDA when installed, else PIL (the reference)",
+    )
+    pr.add_argument(
+        "--max-pixels",
+        type=max_pixels_arg,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="images over N pixels (from their header) are failures, never decoded; 0: no limit "
+        "[default: 100000000]; also 100M, 1.5G",
     )
     pr.add_argument(
         "--embeddings", action="store_true", help="with --out-dir: add each image's pooled embedding"
@@ -359,6 +367,7 @@ def cmd_profile(args) -> int:
         dtype=_dtype(args.dtype),
         compile=args.compile,
         num_images=args.num_images,
+        max_pixels=args.max_pixels,
         shuffle=args.shuffle,
         seed=args.seed,
         crop=args.crop,
@@ -438,6 +447,7 @@ def _profile_job(args, dists) -> int:
         max_shards=args.max_shards,
         hashes=args.hashes,
         fungi=_fungi_options(args),
+        max_pixels=args.max_pixels,
     )
     if not res.complete:
         print(
