@@ -20,9 +20,12 @@ DESCRIPTION = textwrap.dedent(
 
     Hash pairs: Hamming distance <= --max-distance bits (of 64), exact over all pairs. Embedding pairs:
     cosine >= --threshold among each image's --k nearest neighbours (exact blocked search; --approximate
-    for faiss IVF or k-means). Pairs are joined into groups (connected components) and each group keeps
-    one image by --keep: largest (most pixels), first (first in source order) or centre (closest to the
-    group's mean embedding; hash medoid without embeddings). Ties go to the first seen.
+    for faiss IVF or k-means). Images are ranked by --keep: largest (most pixels among those that look
+    native; upscaled or blurred copies rank after them), first (first in source order) or centre
+    (closest to the group's mean embedding; hash medoid without embeddings); ties go to the first seen.
+    --grouping kept (default): in that order, each image joins the first kept image it is paired with,
+    else is kept itself, so every dropped image is a near-duplicate of its own kept image (no chaining);
+    --grouping components: connected components of all pairs, the best of each kept.
 
     Writes to --out-dir: pairs.parquet, groups.parquet, keep.parquet (id, uri, keep, group, reason),
     failures.parquet (unreadable images), signatures.parquet, dedup.json (settings and counts) and with
@@ -43,7 +46,7 @@ EPILOG = textwrap.dedent(
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``dedup`` sub-command on an ``add_subparsers()`` object; returns its parser."""
-    from ._dedup_settings import DEFAULT_MAX_DISTANCE, DEFAULT_THRESHOLD, KEEP_POLICIES, METHODS
+    from ._dedup_settings import DEFAULT_MAX_DISTANCE, DEFAULT_THRESHOLD, GROUPINGS, KEEP_POLICIES, METHODS
 
     p = subparsers.add_parser(
         "dedup",
@@ -75,6 +78,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--k", type=int, default=10, help="embedding neighbours searched per image (default: 10)")
     p.add_argument("--keep", default="largest", choices=KEEP_POLICIES, help="which image of a group to keep")
+    p.add_argument(
+        "--grouping",
+        default="kept",
+        choices=GROUPINGS,
+        help="kept: drop an image only for a kept image it is paired with (no chaining); components: "
+        "connected components of all pairs (default: %(default)s)",
+    )
     p.add_argument(
         "--approximate",
         action="store_true",
@@ -127,6 +137,7 @@ def run(args) -> int:
         max_distance=args.max_distance,
         k=args.k,
         keep=args.keep,
+        grouping=args.grouping,
         approximate=args.approximate,
         extractor=args.extractor,
         weights=args.weights,

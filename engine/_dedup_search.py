@@ -245,6 +245,65 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             parent = grand
 
 
+def keep_ranking(
+    members: np.ndarray,
+    policy: str,
+    *,
+    widths: np.ndarray,
+    heights: np.ndarray,
+    embeddings: np.ndarray | None = None,
+    hashes: np.ndarray | None = None,
+    sharpness: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """The members (source-order indices) in the policy's order of preference, best first, and for each
+    the reason it would be kept. Ties go to the first seen.
+
+    largest: most pixels (width x height) among the images that look native, then the ones that look
+    upscaled or blurred (``sharpness`` below `neuroprint._sharpness.UPSCALED_BELOW`; NaN or no sharpness:
+    not taken as upscaled), by pixels too; first: source order; centre: highest cosine to the mean of the
+    members' L2-normalised embeddings, or without embeddings the hash medoid (smallest total Hamming
+    distance to the others).
+    """
+    from ._sharpness import UPSCALED_BELOW
+
+    members = np.sort(np.asarray(members, dtype=np.int64))
+    if policy == "first":
+        return members, ["first seen"] * len(members)
+    if policy == "largest":
+        area = widths[members].astype(np.int64) * heights[members].astype(np.int64)
+        soft = np.zeros(len(members), dtype=bool)
+        if sharpness is not None:
+            s = np.asarray(sharpness, dtype=np.float64)[members]
+            soft = np.isfinite(s) & (s < UPSCALED_BELOW)
+        order = np.lexsort((members, -area, soft))
+        ranked = members[order]
+        why = []
+        for m, is_soft in zip(ranked, soft[order]):
+            size = f"{int(widths[m])}x{int(heights[m])}"
+            why.append(
+                f"largest resolution ({size}), though it looks upscaled or blurred (sharpness "
+                f"{float(sharpness[m]):.2f})"
+                if is_soft
+                else f"largest native resolution ({size})"
+            )
+        return ranked, why
+    if policy == "centre":
+        if embeddings is not None:
+            e = torch.nn.functional.normalize(torch.as_tensor(embeddings[members]).float(), dim=1)
+            centre = torch.nn.functional.normalize(e.mean(dim=0), dim=0)
+            score = (e @ centre).numpy().astype(np.float64)
+            why = "closest to the group centre (embedding)"
+        elif hashes is not None:
+            h = torch.as_tensor(np.asarray(hashes)[members])
+            score = -hamming_distance(h[:, None], h[None, :]).sum(dim=1).numpy().astype(np.float64)
+            why = "closest to the group centre (hash medoid)"
+        else:
+            raise ValueError("keep policy 'centre' needs embeddings or hashes")
+        order = np.lexsort((members, -score))
+        return members[order], [why] * len(members)
+    raise ValueError(f"unknown keep policy {policy!r}; expected one of {', '.join(KEEP_POLICIES)}")
+
+
 def choose_keep(
     members: np.ndarray,
     policy: str,
@@ -253,34 +312,52 @@ def choose_keep(
     heights: np.ndarray,
     embeddings: np.ndarray | None = None,
     hashes: np.ndarray | None = None,
+    sharpness: np.ndarray | None = None,
 ) -> tuple[int, str]:
-    """The member (a source-order index) to keep of one group, and why. Ties go to the first seen.
+    """The member (a source-order index) to keep of one group, and why: the first of `keep_ranking`."""
+    ranked, why = keep_ranking(
+        members,
+        policy,
+        widths=widths,
+        heights=heights,
+        embeddings=embeddings,
+        hashes=hashes,
+        sharpness=sharpness,
+    )
+    return int(ranked[0]), why[0]
 
-    largest: most pixels (width x height); first: first in source order; centre: highest cosine to the
-    mean of the group's L2-normalised embeddings, or without embeddings the hash medoid (smallest total
-    Hamming distance to the others).
+
+def kept_groups(n: int, a: np.ndarray, b: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """int64 [n]: for each node, the kept node it is dropped for (itself when kept), grouping without
+    chaining.
+
+    Nodes are taken in increasing ``rank`` (the keep policy's preference, compared only between nodes
+    joined by an edge); each joins the best-ranked kept node it shares an edge (a, b) with, else is kept
+    itself. So every node of a group is directly paired with the group's kept node (as SemDeDup keeps
+    against kept items), whereas connected components chain: A-B and B-C put A and C in one group however
+    far apart they are.
     """
-    members = np.sort(np.asarray(members, dtype=np.int64))
-    if policy == "first":
-        return int(members[0]), "first seen"
-    if policy == "largest":
-        area = widths[members].astype(np.int64) * heights[members].astype(np.int64)
-        best = int(members[int(np.argmax(area))])  # argmax returns the first maximum
-        return best, f"largest resolution ({int(widths[best])}x{int(heights[best])})"
-    if policy == "centre":
-        if embeddings is not None:
-            e = torch.nn.functional.normalize(torch.as_tensor(embeddings[members]).float(), dim=1)
-            centre = torch.nn.functional.normalize(e.mean(dim=0), dim=0)
-            score = (e @ centre).numpy()
-            best = int(members[int(np.argmax(score))])
-            return best, "closest to the group centre (embedding)"
-        if hashes is not None:
-            h = torch.as_tensor(np.asarray(hashes)[members])
-            total = hamming_distance(h[:, None], h[None, :]).sum(dim=1).numpy()
-            best = int(members[int(np.argmin(total))])
-            return best, "closest to the group centre (hash medoid)"
-        raise ValueError("keep policy 'centre' needs embeddings or hashes")
-    raise ValueError(f"unknown keep policy {policy!r}; expected one of {', '.join(KEEP_POLICIES)}")
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    rank = np.asarray(rank)
+    head = np.arange(n, dtype=np.int64)
+    if a.size == 0:
+        return head
+    src = np.concatenate([a, b])
+    dst = np.concatenate([b, a])
+    order = np.argsort(src, kind="stable")
+    src, dst = src[order], dst[order]
+    indptr = np.searchsorted(src, np.arange(n + 1))
+    touched = np.unique(src)
+    kept = np.zeros(n, dtype=bool)
+    for v in touched[np.argsort(rank[touched], kind="stable")]:
+        nbrs = dst[indptr[v] : indptr[v + 1]]
+        nbrs = nbrs[kept[nbrs]]
+        if nbrs.size:
+            head[v] = nbrs[np.argmin(rank[nbrs])]
+        else:
+            kept[v] = True
+    return head
 
 
 # ------------------------------------------------------------------------------------ across Ray actors

@@ -22,6 +22,7 @@ import torch
 from ._decode import Batch, ImageLoader
 from ._errors import EmptySourceError, NeuroprintError
 from ._hashes import image_hashes
+from ._sharpness import sharpness as image_sharpness
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class Signatures:
     phash: np.ndarray | None = None  # int64 [N] packed 64-bit pHash
     dhash: np.ndarray | None = None  # int64 [N] packed 64-bit dHash
     embeddings: np.ndarray | None = None  # float32 [N, D] pooled backbone features
+    sharpness: np.ndarray | None = (
+        None  # float32 [N] how native each resolution looks (`_sharpness`; NaN: unknown)
+    )
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (id, uri, one-line reason)
     settings: dict = field(default_factory=dict)  # what produced them: extractor, weights, layer, source
 
@@ -63,6 +67,8 @@ class _SignatureLoader(ImageLoader):
     full-size image lives only until it is hashed (memory is bounded by the threads, not by the batch
     size times the largest images). They equal the batched ``image_hashes`` bit for bit (its integer
     arithmetic is exact per image). ``batch.hashes`` maps each kind to int64 [len(batch.items)].
+    sharpness: also each image's `neuroprint._sharpness.sharpness` (how native its resolution looks),
+    in ``batch.sharpness`` (float32 [len(batch.items)]).
     """
 
     def __init__(
@@ -73,12 +79,14 @@ class _SignatureLoader(ImageLoader):
         need_pixels: bool,
         need_decoded: bool,
         hash_kinds: Sequence[str] = (),
+        sharpness: bool = False,
         **kwargs,
     ):
         super().__init__(source, recipe, **kwargs)
         self.need_pixels = need_pixels
         self.need_decoded = need_decoded
         self.hash_kinds = tuple(hash_kinds)
+        self.sharpness = bool(sharpness)
 
     def _prepare(self, item, img):
         pixels = super()._prepare(item, img) if self.need_pixels else None
@@ -86,10 +94,11 @@ class _SignatureLoader(ImageLoader):
         if self.hash_kinds:
             got = image_hashes([img], self.hash_kinds)
             hashes = {k: int(got[k][0]) for k in self.hash_kinds}
-        return pixels, img if self.need_decoded else None, hashes
+        sharp = image_sharpness(img) if self.sharpness else None
+        return pixels, img if self.need_decoded else None, hashes, sharp
 
     def _collate(self, chunk, results) -> Batch:
-        items, tensors, decoded, failures, sizes = [], [], [], [], []
+        items, tensors, decoded, failures, sizes, sharp = [], [], [], [], [], []
         hashes = {k: [] for k in self.hash_kinds}
         for item, (got, info) in zip(chunk, results):
             if got is None:
@@ -100,11 +109,13 @@ class _SignatureLoader(ImageLoader):
             decoded.append(got[1])
             for k in self.hash_kinds:
                 hashes[k].append(got[2][k])
+            sharp.append(got[3])
             sizes.append(info)
         pixels = torch.stack(tensors) if self.need_pixels and tensors else torch.zeros(0)
         batch = Batch(items=items, pixels=pixels, failures=failures, sizes=sizes)
         batch.decoded = decoded
         batch.hashes = {k: np.asarray(v, dtype=np.int64) for k, v in hashes.items()}
+        batch.sharpness = np.asarray(sharp, dtype=np.float32) if self.sharpness else None
         return batch
 
 
@@ -168,11 +179,12 @@ def compute_signatures(
         need_pixels=model is not None,
         need_decoded=False,
         hash_kinds=hash_kinds,
+        sharpness=True,
         batch_size=batch_size,
         num_workers=workers,
         seed=seed,
     )
-    ids, uris, sizes, failures = [], [], [], []
+    ids, uris, sizes, failures, sharp = [], [], [], [], []
     hashes = {k: [] for k in hash_kinds}
     embeddings = []
     bar = _progress(len(loader.items), f"signatures {'+'.join(kinds)}", progress)
@@ -182,6 +194,7 @@ def compute_signatures(
                 if batch.items:
                     for k in hash_kinds:
                         hashes[k].append(batch.hashes[k])
+                    sharp.append(batch.sharpness)
                     if model is not None:
                         feats = model(batch.pixels.to(dev, non_blocking=True))
                         embeddings.append(feats[tap].float().mean(dim=1).cpu().numpy())
@@ -207,6 +220,7 @@ def compute_signatures(
         phash=np.concatenate(hashes["phash"]) if "phash" in hashes else None,
         dhash=np.concatenate(hashes["dhash"]) if "dhash" in hashes else None,
         embeddings=np.concatenate(embeddings).astype(np.float32, copy=False) if embeddings else None,
+        sharpness=np.concatenate(sharp),
         failures=failures,
         settings=settings,
     )
@@ -303,10 +317,13 @@ def load_signatures(features_dir: str | os.PathLike) -> Signatures:
             f"--hashes phash,dhash into a new directory"
         )
     hashes = {h: [] for h in hash_cols}
+    sharp = []  # a job computes it with its hashes; older job directories have no such column (NaN)
     for f in files:
         table = pq.read_table(f)
         cols = table.to_pydict()
         ok = np.asarray([s == "ok" for s in cols["status"]], dtype=bool)
+        values = cols.get("sharpness", [None] * len(ok))
+        sharp.extend(np.nan if v is None else v for v, good in zip(values, ok) if good)
         for i in np.flatnonzero(~ok):
             failures.append((cols["id"][i], cols["uri"][i], cols["error"][i] or "failed"))
         for h in hash_cols:
@@ -334,6 +351,7 @@ def load_signatures(features_dir: str | os.PathLike) -> Signatures:
         phash=np.asarray(hashes["phash"], dtype=np.int64) if "phash" in hashes else None,
         dhash=np.asarray(hashes["dhash"], dtype=np.int64) if "dhash" in hashes else None,
         embeddings=np.concatenate(embs).astype(np.float32, copy=False) if has_emb else None,
+        sharpness=np.asarray(sharp, dtype=np.float32),
         failures=failures,
         settings={
             "features_dir": str(root),

@@ -105,6 +105,8 @@ def _row_schema(
         fields.append(("embedding", pa.list_(pa.float32(), embedding_dim)))
     fields.extend((f"emd:{name}", pa.float64()) for name in references)
     fields.extend((h, pa.int64()) for h in hashes)  # 64-bit perceptual hashes, packed as in neuroprint.dedup
+    if hashes:  # how native the resolution looks (neuroprint._sharpness), for dedup's keep="largest"
+        fields.append(("sharpness", pa.float32()))
     if fungi_dim:
         fields.append(("fungi", pa.list_(pa.float32(), fungi_dim)))  # [KL | DINO | SimCLR] blocks
     return pa.schema(fields)
@@ -154,7 +156,16 @@ def resolve_decoder(decoder: str, dev: torch.device) -> str:
 
 
 def make_loader(
-    decoder: str, source, recipe, *, batch_size, num_workers, seed, dev, items=None, max_pixels=DEFAULT_MAX_PIXELS
+    decoder: str,
+    source,
+    recipe,
+    *,
+    batch_size,
+    num_workers,
+    seed,
+    dev,
+    items=None,
+    max_pixels=DEFAULT_MAX_PIXELS,
 ):
     """The job's decoder over ``items`` (default: the whole source), yielding ``Batch`` objects in order."""
     if decoder == "dali":
@@ -242,6 +253,7 @@ class ShardWorker:
                 need_pixels=self.model is not None,
                 need_decoded=bool(spec.fungi),
                 hash_kinds=spec.hashes,
+                sharpness=bool(spec.hashes),
                 batch_size=spec.batch_size,
                 num_workers=spec.num_workers,
                 seed=spec.seed,
@@ -316,6 +328,8 @@ class ShardWorker:
                     }
                     if self.fungi is not None:
                         extra["fungi"] = fungi[i]
+                    if spec.hashes:
+                        extra["sharpness"] = float(batch.sharpness[i])
                     _append(
                         rows,
                         item,
@@ -331,6 +345,8 @@ class ShardWorker:
                     extra = dict.fromkeys([*(f"emd:{name}" for name in self.scorers), *spec.hashes], None)
                     if self.fungi is not None:
                         extra["fungi"] = None
+                    if spec.hashes:
+                        extra["sharpness"] = None
                     _append(rows, item, k, "failed", reason, (None, None), None, spec.embeddings, extra)
                     failed += 1
                 if progress is not None:
@@ -392,7 +408,9 @@ def _run_job(
     part of the job's settings. hashes: any of "phash", "dhash": each image's 64-bit perceptual hash
     (bit-exact with the imagehash package, computed in the decode threads as each image is decoded, so
     full-size images are not held per batch) as an
-    int64 column, for ``neuroprint dedup`` over the job directory; needs the PIL decoder. fungi: FUNGI
+    int64 column, with a ``sharpness`` float32 column (how native each image's resolution looks,
+    `neuroprint._sharpness`, which dedup's keep="largest" reads), for ``neuroprint dedup`` over the job
+    directory; needs the PIL decoder. fungi: FUNGI
     gradient features as a ``fungi`` column, with the options of ``neuroprint features`` (a dict with any
     of ``neuroprint._fungi_cli.JOB_DEFAULTS``' keys: objectives "fungi", timm "model", "weights",
     "layer", "input_dim", "negatives", "fp16", "mode", "seed"); the same numbers as that command; needs

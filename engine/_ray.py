@@ -177,7 +177,9 @@ def _schedule(ray, actors, shards, todo, commit, bar) -> None:
         except ray.exceptions.RayTaskError as err:
             failures[k] += 1
             if failures[k] >= MAX_FAILURES:
-                raise RayJobError(f"shard {k} failed {failures[k]} times; last error: {_one_line(err)}") from err
+                raise RayJobError(
+                    f"shard {k} failed {failures[k]} times; last error: {_one_line(err)}"
+                ) from err
             logger.warning("shard %d failed (%s); retrying", k, _one_line(err))
             queue.appendleft(k)
             idle.append(actor)

@@ -174,7 +174,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="torch.compile the network [default: on CUDA]",
     )
-    pr.add_argument("--num-images", type=num_images_arg, default=-1, help="use only this many images (-1: all)")
+    pr.add_argument(
+        "--num-images", type=num_images_arg, default=-1, help="use only this many images (-1: all)"
+    )
     pr.add_argument(
         "--shuffle", action="store_true", help="pick --num-images at random (seeded) instead of the first"
     )

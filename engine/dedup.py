@@ -15,7 +15,8 @@ same pass as the job's VDNAs, locally or on Ray actors). `find_pairs` finds cand
 ``neuroprint::cosine_topk`` op: blocked torch on CPU, a fused Triton kernel on CUDA) kept when the
 similarity reaches ``threshold``, or approximately (`approximate_topk`: faiss IVF or k-means); hashes by
 exact blocked Hamming search within ``max_distance`` bits. Pairs of all methods are joined into groups
-(connected components), and each group keeps one member by a stated policy.
+without chaining (each image joins the first kept image, in the keep policy's order, that it is paired
+with; or connected components), and each group keeps one member by a stated policy.
 
 Output directory (all Parquet, plus ``dedup.json`` with every setting and the counts)::
 
@@ -23,7 +24,7 @@ Output directory (all Parquet, plus ``dedup.json`` with every setting and the co
     groups.parquet    group, size, keep_id, members, policy
     keep.parquet      id, uri, keep, group (null if in no group), reason    (one row per readable image)
     failures.parquet  id, uri, error                                         (images that could not be read)
-    signatures.parquet id, uri, width, height[, phash, dhash]               (reusable hashes)
+    signatures.parquet id, uri, width, height[, phash, dhash], sharpness    (reusable hashes)
     contact_sheet.png the largest groups, kept image first (with contact_sheet=True)
 """
 
@@ -46,10 +47,12 @@ from ._dedup_search import (
     connected_components,
     embedding_pairs,
     hash_pairs,
+    keep_ranking,
+    kept_groups,
     recall_at_k,
     sharded_topk,
 )
-from ._dedup_settings import DEFAULT_MAX_DISTANCE, DEFAULT_THRESHOLD, KEEP_POLICIES, METHODS
+from ._dedup_settings import DEFAULT_MAX_DISTANCE, DEFAULT_THRESHOLD, GROUPINGS, KEEP_POLICIES, METHODS
 from ._dedup_signatures import (
     HASH_METHODS,
     Signatures,
@@ -67,6 +70,7 @@ __all__ = [
     "METHODS",
     "DedupError",
     "DedupResult",
+    "GROUPINGS",
     "Signatures",
     "approximate_topk",
     "choose_keep",
@@ -79,6 +83,8 @@ __all__ = [
     "hamming_pairs",
     "hash_pairs",
     "image_hashes",
+    "keep_ranking",
+    "kept_groups",
     "load_signatures",
     "phash",
     "recall_at_k",
@@ -192,36 +198,92 @@ def find_pairs(
     return table, a, b
 
 
-def _groups_and_keep(sig: Signatures, a: np.ndarray, b: np.ndarray, policy: str):
+def _groups_and_keep(sig: Signatures, a: np.ndarray, b: np.ndarray, policy: str, grouping: str = "kept"):
     import pyarrow as pa
 
     if policy not in KEEP_POLICIES:
         raise DedupError(f"unknown keep policy {policy!r}; expected one of {', '.join(KEEP_POLICIES)}")
+    if grouping not in GROUPINGS:
+        raise DedupError(f"unknown grouping {grouping!r}; expected one of {', '.join(GROUPINGS)}")
     n = len(sig)
+    hashes = sig.phash if sig.phash is not None else sig.dhash
+    features = dict(
+        widths=sig.widths,
+        heights=sig.heights,
+        embeddings=sig.embeddings,
+        hashes=hashes,
+        sharpness=sig.sharpness,
+    )
+    # Rank every member of every connected component by the keep policy (within its component), then
+    # either keep the best of each component, or group without chaining around kept members.
     root = connected_components(n, a, b)
     sizes = np.bincount(root, minlength=n)
-    grouped_roots = np.flatnonzero(sizes > 1)  # ascending: groups numbered by their first member
-    group_of = np.full(n, -1, dtype=np.int64)
-    hashes = sig.phash if sig.phash is not None else sig.dhash
-    g_rows = {"group": [], "size": [], "keep_id": [], "members": [], "policy": []}
-    keep = np.ones(n, dtype=bool)
-    reason = ["unique"] * n
     order = np.argsort(root, kind="stable")
     bounds = np.searchsorted(root[order], np.arange(n + 1))
-    for g, r in enumerate(grouped_roots):
-        members = order[bounds[r] : bounds[r + 1]]
-        group_of[members] = g
-        best, why = choose_keep(
-            members, policy, widths=sig.widths, heights=sig.heights, embeddings=sig.embeddings, hashes=hashes
-        )
+    rank = np.arange(n, dtype=np.int64)
+    why_kept = {}
+    position = 0
+    for r in np.flatnonzero(sizes > 1):
+        ranked, why = keep_ranking(order[bounds[r] : bounds[r + 1]], policy, **features)
+        rank[ranked] = n + position + np.arange(len(ranked))  # after every node outside components
+        position += len(ranked)
+        why_kept.update(zip(ranked.tolist(), why))
+    if grouping == "components":
+        head = np.where(sizes[root] > 1, root, np.arange(n))
+        for r in np.flatnonzero(sizes > 1):  # the best-ranked member of each component is kept
+            members = order[bounds[r] : bounds[r + 1]]
+            head[members] = members[np.argmin(rank[members])]
+    else:
+        head = kept_groups(n, a, b, rank)
+    counts = np.bincount(head, minlength=n)
+    in_group = counts[head] > 1
+    group_key = np.full(n, n, dtype=np.int64)  # groups numbered by their first member in source order
+    np.minimum.at(group_key, head[in_group], np.flatnonzero(in_group))
+    heads = np.flatnonzero(counts > 1)
+    heads = heads[np.argsort(group_key[heads], kind="stable")]
+    group_id = np.full(n, -1, dtype=np.int64)
+    group_id[heads] = np.arange(len(heads))
+    group_of = np.where(in_group, group_id[head], -1)
+    from ._sharpness import UPSCALED_BELOW
+
+    keep = head == np.arange(n)
+    reason = ["unique"] * n
+    g_rows = {"group": [], "size": [], "keep_id": [], "members": [], "policy": []}
+    by_head = np.argsort(head, kind="stable")
+    head_bounds = np.searchsorted(head[by_head], np.arange(n + 1))
+    sharp = sig.sharpness
+    area = sig.widths.astype(np.int64) * sig.heights.astype(np.int64)
+    for g, h in enumerate(heads.tolist()):
+        members = by_head[head_bounds[h] : head_bounds[h + 1]]  # ascending source order
+        why = why_kept[h]
+        if policy == "largest":
+            larger = [m for m in members if area[m] > area[h]]
+            if larger:  # only upscaled-looking members can rank above a larger one
+                copies = (
+                    "1 larger copy that looks"
+                    if len(larger) == 1
+                    else f"{len(larger)} larger copies that look"
+                )
+                why += f"; preferred to {copies} upscaled"
+        reason[h] = f"kept: {why}"
         for m in members:
-            keep[m] = m == best
-            reason[m] = f"kept: {why}" if m == best else f"duplicate of {sig.ids[best]}"
+            if m != h:
+                soft = (
+                    policy == "largest"
+                    and sharp is not None
+                    and np.isfinite(sharp[m])
+                    and sharp[m] < UPSCALED_BELOW
+                )
+                reason[m] = f"duplicate of {sig.ids[h]}" + (
+                    f" (looks upscaled or blurred: sharpness {float(sharp[m]):.2f})" if soft else ""
+                )
         g_rows["group"].append(g)
         g_rows["size"].append(len(members))
-        g_rows["keep_id"].append(sig.ids[best])
+        g_rows["keep_id"].append(sig.ids[h])
         g_rows["members"].append([sig.ids[m] for m in members])
         g_rows["policy"].append(policy)
+    for m in np.flatnonzero(keep & ~in_group & (sizes[root] > 1)).tolist():
+        reason[m] = "kept: not within the threshold of any kept image (its pairs are dropped for others)"
     groups = pa.table(
         {
             "group": pa.array(g_rows["group"], pa.int64()),
@@ -272,6 +334,7 @@ def find_duplicates(
     max_distance: int = DEFAULT_MAX_DISTANCE,
     k: int = 10,
     keep: str = "largest",
+    grouping: str = "kept",
     approximate: bool = False,
     extractor: str = "mugs_vit_base",
     weights: str | os.PathLike = "default",
@@ -293,7 +356,9 @@ def find_duplicates(
     (then only ``method="embedding"`` is possible). method: phash, dhash, embedding, both (= phash and
     embedding) or a list. threshold: minimum cosine similarity for embedding pairs; max_distance: maximum
     Hamming distance (bits of 64) for hash pairs; k: neighbours searched per image for embeddings.
-    keep: largest, first or centre (see `choose_keep`). ``signatures``: precomputed, skips the pass.
+    keep: largest, first or centre (see `keep_ranking`). grouping: "kept" (no chaining: each image is
+    dropped only for a kept image it is paired with, see `kept_groups`) or "components" (connected
+    components of all pairs, one kept per component). ``signatures``: precomputed, skips the pass.
     ray: run the exact embedding search on Ray actors, the signatures split into ``num_shards`` (see
     `sharded_topk`; the signature pass itself runs here, or use a Ray profile job's directory).
     """
@@ -302,6 +367,8 @@ def find_duplicates(
     methods = resolve_methods(method)
     if keep not in KEEP_POLICIES:
         raise DedupError(f"unknown keep policy {keep!r}; expected one of {', '.join(KEEP_POLICIES)}")
+    if grouping not in GROUPINGS:
+        raise DedupError(f"unknown grouping {grouping!r}; expected one of {', '.join(GROUPINGS)}")
     if not isinstance(k, int) or k < 1:
         raise DedupError(f"k must be a positive integer, got {k!r}")
     if not -1.0 <= float(threshold) <= 1.0:
@@ -349,7 +416,7 @@ def find_duplicates(
         num_shards=num_shards,
         ray_address=ray_address,
     )
-    groups, keep_table = _groups_and_keep(sig, a, b, keep)
+    groups, keep_table = _groups_and_keep(sig, a, b, keep, grouping)
     import pyarrow as pa
 
     failures = pa.table(
@@ -367,6 +434,7 @@ def find_duplicates(
         "max_distance": int(max_distance) if any(m in HASH_METHODS for m in methods) else None,
         "k": int(k) if "embedding" in methods else None,
         "keep": keep,
+        "grouping": grouping,
         "approximate": bool(approximate),
         "ray_shards": num_shards if ray else None,
         "signatures": sig.settings,
@@ -397,6 +465,8 @@ def find_duplicates(
         for h in HASH_METHODS:
             if sig.get(h) is not None:
                 sig_cols[h] = pa.array(sig.get(h), pa.int64())
+        if sig.sharpness is not None:
+            sig_cols["sharpness"] = pa.array(sig.sharpness, pa.float32())
         _write_parquet(out / "signatures.parquet", pa.table(sig_cols))
         if contact_sheet:
             write_contact_sheet(source, groups, out / "contact_sheet.png", from_dir=from_dir, sig=sig)
