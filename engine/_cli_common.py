@@ -6,7 +6,7 @@ import argparse
 
 from ._decode import DEFAULT_MAX_PIXELS
 
-__all__ = ["DEFAULT_MAX_PIXELS", "max_pixels_arg", "num_images_arg"]
+__all__ = ["DEFAULT_MAX_PIXELS", "UNIT_FORMS", "max_pixels_arg", "num_images_arg", "parse_units"]
 
 
 def num_images_arg(text: str) -> int:
@@ -33,3 +33,88 @@ def max_pixels_arg(text: str) -> int:
     if n < 0 or n != n:
         raise argparse.ArgumentTypeError(f"must be >= 0 (0: no limit), got {text!r}")
     return int(n)
+
+
+# ------------------------------------------------------------------------------------------------- units
+
+UNIT_FORMS = (
+    "'all', a channel N, a half-open range A:B (B excluded, clipped to the layer as a slice; A: to its "
+    "end) or A:B:STEP, an "
+    "inclusive range A-B, lists of these (0,5,8-11 or 0:4 9), and where positions are taken C@Y,X "
+    "(channel C at row Y, column X), C@T (channel C of token T) and @T (token T pooled over channels)"
+)
+
+
+def _unit_error(option: str, piece: str) -> ValueError:
+    return ValueError(f"{option}: cannot read {piece!r}; write {UNIT_FORMS}")
+
+
+def _channel_range(piece: str, n: int | None, option: str) -> list[int]:
+    if ":" in piece:
+        bits = [b.strip() for b in piece.split(":")]
+        if len(bits) > 3 or not all(b == "" or b.isdigit() for b in bits):
+            raise _unit_error(option, piece)
+        start = int(bits[0]) if bits[0] else 0
+        if bits[1] == "" and n is None:
+            raise ValueError(
+                f"{option}: {piece!r} runs to the layer's end, which is not known here; give A:B"
+            )
+        stop = int(bits[1]) if bits[1] else n
+        if n is not None:
+            stop = min(stop, n)  # as a Python slice: a half-open range stops at the layer's end
+        step = int(bits[2]) if len(bits) > 2 and bits[2] else 1
+        if step < 1:
+            raise _unit_error(option, piece)
+        return list(range(start, stop, step))
+    lo, sep, hi = piece.partition("-")
+    if sep:
+        if not (lo.strip().isdigit() and hi.strip().isdigit()) or int(lo) > int(hi):
+            raise _unit_error(option, piece)
+        return list(range(int(lo), int(hi) + 1))
+    if not piece.isdigit():
+        raise _unit_error(option, piece)
+    return [int(piece)]
+
+
+def parse_units(
+    spec, *, n: int | None = None, positions: bool = False, option: str = "--units"
+) -> list[int | str] | None:
+    """The one unit grammar of explain, visualize and rf (`UNIT_FORMS`): a string or the tokens of an
+    nargs="+" option -> None for 'all', else channel ints and, with ``positions``, the ``C@Y,X`` /
+    ``C@T`` / ``@T`` strings (for `neuroprint.explain.Unit.parse`), in the order given. ``A:B`` and
+    ``A-B+1`` select the same channels. With ``n`` (the layer's channels), every channel is checked."""
+    tokens = [spec] if isinstance(spec, str) else list(spec)
+    pieces: list[str] = []
+    for token in tokens:
+        for word in str(token).split():
+            if "@" in word:  # C@Y,X holds a comma of its own: the whole word is one unit
+                pieces.append(word)
+            else:
+                pieces.extend(p.strip() for p in word.split(",") if p.strip())
+    if pieces == ["all"]:
+        return None
+    if not pieces:
+        raise ValueError(f"{option} is empty; write {UNIT_FORMS}")
+    units: list[int | str] = []
+    for piece in pieces:
+        if piece == "all":
+            raise ValueError(f"{option}: 'all' cannot be combined with other units")
+        if "@" in piece:
+            if not positions:
+                raise ValueError(f"{option}: {piece!r} is a position; this command takes channels only")
+            head, _, where = piece.partition("@")
+            coords = where.split(",")
+            if not (head.strip() == "" or head.strip().isdigit()) or not (
+                1 <= len(coords) <= 2 and all(c.strip().isdigit() for c in coords)
+            ):
+                raise _unit_error(option, piece)
+            units.append(piece)
+            continue
+        units.extend(_channel_range(piece, n, option))
+    if n is not None:
+        bad = [u for u in units if isinstance(u, int) and not 0 <= u < n]
+        if bad:
+            raise ValueError(f"{option}: channel(s) {bad[:5]} outside the layer's {n} channels (0..{n - 1})")
+    if not units:
+        raise ValueError(f"{option} {' '.join(tokens)!r} selects no unit")
+    return units

@@ -58,7 +58,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--units",
         nargs="+",
         default=["all"],
-        help="units: channels and ranges (0,5 8-11), C@Y,X, C@T, @T, separated by spaces; or 'all'",
+        help="units: 'all', channels N, ranges A:B (B excluded) or A-B (B included), lists (0,5 8-11), "
+        "C@Y,X, C@T, @T, separated by spaces or commas",
     )
     ep.add_argument(
         "--method",
@@ -125,7 +126,9 @@ def add_rf_parser(subparsers) -> argparse.ArgumentParser:
     )
     rp.add_argument("--extractor", default="timm:resnet18", help="a registered extractor or timm model name")
     rp.add_argument("--layer", default=None, help="one tap name or module path; default: every layer")
-    rp.add_argument("--unit", default=None, help="Y,X of a unit of --layer: print its input region")
+    rp.add_argument(
+        "--unit", default=None, help="Y,X (or C@Y,X) of a unit of --layer: print its input region"
+    )
     rp.add_argument("--input-size", type=int, nargs=2, default=None, help="H W to clip regions to")
     rp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     em = rp.add_argument_group(
@@ -162,26 +165,16 @@ def _parse_pair(values: list[int], what: str) -> tuple[int, int]:
 
 
 def _units(tokens: list[str], reduce: str):
-    """None for 'all'; else Units from tokens such as ``0,5`` ``8-11`` ``7@2,3`` ``@12``."""
+    """None for 'all'; else Units in the one unit grammar (`neuroprint._cli_common.UNIT_FORMS`)."""
+    from ._cli_common import parse_units
     from .explain import Unit
 
-    if tokens == ["all"]:
+    parsed = parse_units(tokens, positions=True)
+    if parsed is None:
         return None
-    units = []
-    for token in tokens:
-        token = token.strip()
-        if "@" in token:
-            units.append(Unit.parse(token, reduce=reduce))
-            continue
-        for piece in filter(None, (p.strip() for p in token.split(","))):
-            lo, sep, hi = piece.partition("-")
-            if sep and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi):
-                units.extend(Unit(channel=c, reduce=reduce) for c in range(int(lo), int(hi) + 1))
-            else:
-                units.append(Unit.parse(piece, reduce=reduce))
-    if not units:
-        raise ValueError("--units is empty")
-    return units
+    return [
+        Unit(channel=u, reduce=reduce) if isinstance(u, int) else Unit.parse(u, reduce=reduce) for u in parsed
+    ]
 
 
 def _heat(values, rgb):
@@ -466,6 +459,21 @@ def _all(explainer, x):
     return [Unit(channel=c) for c in range(shape.channels)]
 
 
+def _rf_unit(text: str) -> tuple[int, int, int | None]:
+    """rf's --unit: a position Y,X, or in the explain grammar C@Y,X (channel C there) or @Y,X."""
+    from ._cli_common import parse_units
+
+    word = text.strip().replace(" ", "")
+    if "@" not in word:
+        word = "@" + word
+    unit = parse_units(word, positions=True, option="--unit")[0]
+    head, _, where = unit.partition("@")
+    coords = where.split(",")
+    if len(coords) != 2:
+        raise ValueError(f"--unit takes a position Y,X or C@Y,X, not {text!r}")
+    return int(coords[0]), int(coords[1]), int(head) if head else None
+
+
 def run_rf(args) -> int:
     import sys
 
@@ -480,10 +488,13 @@ def run_rf(args) -> int:
     if args.unit is not None:
         if not args.layer:
             raise ValueError("--unit needs --layer")
-        try:
-            y, x = (int(v) for v in args.unit.split(","))
-        except ValueError:
-            raise ValueError(f"--unit takes Y,X, not {args.unit!r}") from None
+        y, x, channel = _rf_unit(args.unit)
+        if channel is not None:
+            if args.channel is not None and args.channel != channel:
+                raise ValueError(
+                    f"--unit {args.unit!r} names channel {channel} but --channel is {args.channel}"
+                )
+            args.channel = channel
         region = table[args.layer].region(y, x, size)
     empirical = None
     if args.empirical is not None:

@@ -19,6 +19,8 @@ import logging
 import math
 from pathlib import Path
 
+from ._cli_common import parse_units as _parse_units
+
 __all__ = ["add_parser", "parse_units", "run"]
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     vp.add_argument(
         "--units",
         default="all",
-        help="channels: 'all', a range A:B (B excluded, clipped to the layer) or A:B:STEP, or a list 0,5,9 (ranges allowed: 0:4,9)",
+        help="channels: 'all', N, A:B (B excluded, clipped to the layer), A:B:STEP, A-B (B included), "
+        "or lists of these (0:4,9 or 0-3,9)",
     )
     vp.add_argument("--param", choices=_PARAMS, default="fft", help="image parameterisation")
     vp.add_argument("--steps", type=int, default=256, help="optimisation steps")
@@ -89,34 +92,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def parse_units(spec: str, n: int) -> list[int]:
-    """'all', 'A:B[:S]' (B excluded, may be omitted), '0,5,9' or a mix, checked against n channels."""
-    spec = spec.strip()
-    if spec == "all":
-        return list(range(n))
-    units: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        try:
-            if ":" in part:
-                bits = [b.strip() for b in part.split(":")]
-                if len(bits) > 3:
-                    raise ValueError
-                start = int(bits[0]) if bits[0] else 0
-                stop = int(bits[1]) if len(bits) > 1 and bits[1] else n
-                step = int(bits[2]) if len(bits) > 2 and bits[2] else 1
-                if step < 1:
-                    raise ValueError
-                units.extend(range(start, min(stop, n), step))
-            else:
-                units.append(int(part))
-        except ValueError:
-            raise ValueError(f"--units: cannot read {part!r}; use 'all', A:B, A:B:STEP or 0,5,9") from None
-    bad = [u for u in units if not 0 <= u < n]
-    if bad:
-        raise ValueError(f"--units: {bad[:5]} outside the layer's {n} channels (0..{n - 1})")
-    if not units:
-        raise ValueError(f"--units {spec!r} selects no unit")
-    return units
+    """Channels of a layer with ``n`` of them, in the one unit grammar (`neuroprint._cli_common.UNIT_FORMS`;
+    channels only)."""
+    units = _parse_units(spec, n=n)
+    return list(range(n)) if units is None else units
 
 
 def _device(name: str):
