@@ -133,7 +133,7 @@ class ShardSpec:
     references: dict = None  # column name -> histogram VDNA, for per-image EMD columns
     decoder: str = "pil"  # "pil" or "dali" (resolved by run_job)
     hashes: tuple = ()  # perceptual hashes of the decoded images: "phash", "dhash"
-    fungi: dict | None = None  # FUNGI options (neuroprint._fungi_cli.JOB_DEFAULTS' keys), or None
+    fungi: dict | None = None  # FUNGI options (neuroprint._fungi_build.JOB_DEFAULTS' keys), or None
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above it are failure rows, not decoded (0: no limit)
 
 
@@ -222,12 +222,12 @@ class ShardWorker:
         if spec.fungi:
             from types import SimpleNamespace
 
-            from ._fungi_cli import build_wrapper
+            from ._fungi_build import build_wrapper
 
             self.fungi, _ = build_wrapper(SimpleNamespace(**spec.fungi), self.dev, spec.source)
         self._embed = None  # signatures-only job: embeddings come from the FUNGI backbone
         if spec.embeddings and self.ex is None:
-            from ._fungi_cli import embedding_fn
+            from ._fungi_build import embedding_fn
 
             self._embed = embedding_fn(self.fungi)
         emb_dim = None
@@ -284,7 +284,7 @@ class ShardWorker:
         generator (keyed by its id), so they do not depend on batches, shards or actors."""
         from PIL import Image
 
-        from ._fungi_cli import _item_generator
+        from ._fungi_build import item_generator as _item_generator
 
         images = [Image.fromarray(d) for d in batch.decoded]
         gens = [_item_generator(self.spec.fungi["seed"], it.id) for it in batch.items]
@@ -412,7 +412,7 @@ def _run_job(
     `neuroprint._sharpness`, which dedup's keep="largest" reads), for ``neuroprint dedup`` over the job
     directory; needs the PIL decoder. fungi: FUNGI
     gradient features as a ``fungi`` column, with the options of ``neuroprint features`` (a dict with any
-    of ``neuroprint._fungi_cli.JOB_DEFAULTS``' keys: objectives "fungi", timm "model", "weights",
+    of ``neuroprint._fungi_build.JOB_DEFAULTS``' keys: objectives "fungi", timm "model", "weights",
     "layer", "input_dim", "negatives", "fp16", "mode", "seed"); the same numbers as that command; needs
     the PIL decoder. max_pixels: images with more pixels (read from their header) are failure rows
     without being decoded (0: no limit); part of the job's settings. command: the CLI's arguments, recorded in the manifest at the first run
@@ -468,7 +468,7 @@ def _run_job(
     if bad:
         raise ValueError(f"unknown hash {bad[0]!r}; expected phash or dhash")
     if fungi is not None:
-        from ._fungi_cli import job_options
+        from ._fungi_build import job_options
 
         fungi = job_options(fungi)
     if (hashes or fungi) and decoder == "dali":
