@@ -17,8 +17,6 @@ resumable job writing Parquet rows and VDNAs, locally or on Ray actors), `open_s
 and `neuroprint.kernels`.
 """
 
-__version__ = "0.1.0"
-
 from ._distances import EMD, FD, NFD, earth_movers_distance, frechet_distance, frechet_distance_1d
 from ._errors import (
     DecodeError,
@@ -31,7 +29,7 @@ from ._errors import (
 )
 from ._job import JobError, JobResult, run_job
 from ._processor import VDNAProcessor, profile
-from ._ranges import Ranges, load_ranges
+from ._ranges import Ranges
 from ._recipe import Recipe
 from ._scoring import emd_matrix, score_images
 from ._sources import Item, Source, open_source
@@ -42,9 +40,11 @@ from ._vdna import (
     VDNAHist,
     VDNALayerGauss,
     get_vdna,
+    load_ranges,
     load_vdna_from_files,
     load_vdna_from_hub,
 )
+from ._version import __version__
 from .extractors import create_extractor, list_extractors
 
 # The engine's other capabilities are submodules, imported on first use (``neuroprint.dedup`` etc.).

@@ -201,9 +201,9 @@ def run(args) -> int:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from . import __version__
     from ._decode import ImageLoader
     from ._sources import open_source
+    from ._version import __version__
     from .explain import (
         ActivationMap,
         GuidedBackprop,

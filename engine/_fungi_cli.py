@@ -128,8 +128,8 @@ def run(args) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from . import __version__
     from ._job import run_job
+    from ._version import __version__
     from .fungi import PCA
 
     configs = _configs()

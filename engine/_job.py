@@ -613,7 +613,16 @@ def _run_job(
         if ray:
             from ._ray import run_shards_on_ray
 
-            run_shards_on_ray(spec, shards, todo, commit, bar, num_actors=num_actors, address=ray_address)
+            run_shards_on_ray(
+                functools.partial(ShardWorker, spec),
+                spec.device,
+                shards,
+                todo,
+                commit,
+                bar,
+                num_actors=num_actors,
+                address=ray_address,
+            )
         else:
             worker = ShardWorker(spec, built=(ex, model))
             for k in todo:

@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from ._bits import popcount64
+
 __all__ = ["mih_pairs", "plan"]
 
 _BITS = 64
@@ -73,8 +75,6 @@ def _masks(bits: int, radius: int) -> torch.Tensor:
 
 
 def _popcount(x: torch.Tensor) -> torch.Tensor:
-    from ._hashes import popcount64
-
     return popcount64(x)
 
 

@@ -17,10 +17,10 @@ import torch
 
 from ._decode import DEFAULT_MAX_PIXELS, ImageLoader, decode_image, preprocess
 from ._errors import EmptySourceError
-from ._ranges import Ranges, load_ranges
+from ._ranges import Ranges
 from ._reducers import ActivationRangesReducer, Reducer, make_reducer, parse_distribution
 from ._sources import Source, open_source
-from ._vdna import VDNA, get_vdna
+from ._vdna import VDNA, get_vdna, load_ranges
 from .extractors import Extractor, create_extractor, published_ranges
 
 __all__ = ["VDNAProcessor", "profile", "resolve_device"]
@@ -248,7 +248,7 @@ def build_vdnas(
     names, reducers, ex, recipe, dtype, src, failures, hist_ranges, data_settings, extraction, decoder="pil"
 ) -> dict[str, VDNA]:
     """VDNA objects from finished reducers, with vdna's settings fields and neuroprint's metadata."""
-    from . import __version__
+    from ._version import __version__
 
     meta = {
         "version": __version__,

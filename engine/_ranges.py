@@ -8,16 +8,13 @@ comparison or merge.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from ._errors import VDNAFileError, WeightsError
+from ._errors import VDNAFileError
 
-__all__ = ["Ranges", "load_ranges"]
+__all__ = ["Ranges"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,39 +106,3 @@ class Ranges:
             "mins_per_neuron": {k: {str(i): float(x) for i, x in enumerate(v)} for k, v in self.mins.items()},
             "maxs_per_neuron": {k: {str(i): float(x) for i, x in enumerate(v)} for k, v in self.maxs.items()},
         }
-
-
-def load_ranges(path: str | os.PathLike) -> Ranges:
-    """Ranges from a vdna activation_ranges.json, a job directory's ranges.json (neuroprint's record: origin,
-    mins, maxs), or an activation-ranges VDNA (NAME.json + NAME.npz)."""
-    path = Path(path)
-    json_path = path if path.suffix == ".json" else path.with_suffix(".json")
-    if not json_path.is_file():
-        raise WeightsError(f"ranges file not found: {path} (expected a .json file or a VDNA name)")
-    try:
-        with open(json_path) as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as err:
-        raise VDNAFileError(f"cannot read ranges from {json_path}: {type(err).__name__}: {err}") from err
-    if not isinstance(raw, dict):
-        raise VDNAFileError(f"{json_path} is not a ranges file (top level is not an object)")
-    if "mins_per_neuron" in raw:
-        try:
-            return Ranges.from_vdna_json(raw, origin=f"file:{json_path.name}")
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise VDNAFileError(f"malformed ranges file {json_path}: {type(err).__name__}: {err}") from err
-    if "mins" in raw and "maxs" in raw and "type" not in raw:
-        # neuroprint's own record: a job's ranges.json, or the "ranges" entry of a VDNA's metadata.
-        try:
-            return Ranges.from_json(raw)
-        except VDNAFileError as err:
-            raise VDNAFileError(f"{json_path}: {err}") from err
-    if raw.get("type") == "activation-ranges":
-        from ._vdna import load_vdna_from_files
-
-        vdna = load_vdna_from_files(json_path)
-        return vdna.to_ranges(origin=f"vdna:{json_path.stem}")
-    raise VDNAFileError(
-        f"{json_path} is neither an activation_ranges.json, a job's ranges.json nor an activation-ranges "
-        f"VDNA (type {raw.get('type')!r})"
-    )

@@ -67,16 +67,18 @@ def ray_session(address: str | None = None):
             ray.shutdown()
 
 
-def run_shards_on_ray(spec, shards, todo, commit, bar, *, num_actors=None, address=None) -> None:
+def run_shards_on_ray(
+    make_worker, device, shards, todo, commit, bar, *, num_actors=None, address=None
+) -> None:
+    """Compute shards ``todo`` on Ray actors, each holding one ``make_worker()`` (a picklable callable; the
+    worker's ``run(k, items)`` returns what ``commit(k, *result)`` takes), on ``device``'s kind."""
     with ray_session(address) as ray:
-        _run(ray, spec, shards, todo, commit, bar, num_actors)
+        _run(ray, make_worker, device, shards, todo, commit, bar, num_actors)
 
 
-def _run(ray, spec, shards, todo, commit, bar, num_actors) -> None:
-    from ._job import ShardWorker
-
+def _run(ray, make_worker, device, shards, todo, commit, bar, num_actors) -> None:
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    on_gpu = torch.device(spec.device).type == "cuda"
+    on_gpu = torch.device(device).type == "cuda"
     if num_actors is None:
         num_actors = gpus if on_gpu and gpus else max(1, int(ray.cluster_resources().get("CPU", 1)))
     num_actors = max(1, min(int(num_actors), len(todo) or 1))
@@ -86,10 +88,10 @@ def _run(ray, spec, shards, todo, commit, bar, num_actors) -> None:
 
     @ray.remote(num_cpus=cpus_each, num_gpus=1 if on_gpu else 0, max_restarts=-1, max_task_retries=0)
     class Worker:
-        def __init__(self, spec):
+        def __init__(self, make_worker):
             if not on_gpu:
                 torch.set_num_threads(threads)
-            self.worker = ShardWorker(spec)
+            self.worker = make_worker()
 
         def pid(self) -> int:
             return os.getpid()
@@ -97,7 +99,7 @@ def _run(ray, spec, shards, todo, commit, bar, num_actors) -> None:
         def run(self, k, items):
             return self.worker.run(k, items)
 
-    actors = [Worker.options(name=f"{ACTOR_PREFIX}{i}").remote(spec) for i in range(num_actors)]
+    actors = [Worker.options(name=f"{ACTOR_PREFIX}{i}").remote(make_worker) for i in range(num_actors)]
     try:
         _schedule(ray, actors, shards, todo, commit, bar)
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._errors import IncompatibleVDNAError, VDNAFileError
+from ._errors import IncompatibleVDNAError, VDNAFileError, WeightsError
 from ._ranges import Ranges
 from ._reducers import parse_distribution
 
@@ -625,3 +625,37 @@ def check_compatible(a: VDNA, b: VDNA, *, action: str = "compare") -> None:
                 "one VDNA does not record its activation ranges (written by vdna?); assuming both used "
                 "the extractor's published ranges"
             )
+
+
+def load_ranges(path: str | os.PathLike) -> Ranges:
+    """Ranges from a vdna activation_ranges.json, a job directory's ranges.json (neuroprint's record: origin,
+    mins, maxs), or an activation-ranges VDNA (NAME.json + NAME.npz)."""
+    path = Path(path)
+    json_path = path if path.suffix == ".json" else path.with_suffix(".json")
+    if not json_path.is_file():
+        raise WeightsError(f"ranges file not found: {path} (expected a .json file or a VDNA name)")
+    try:
+        with open(json_path) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as err:
+        raise VDNAFileError(f"cannot read ranges from {json_path}: {type(err).__name__}: {err}") from err
+    if not isinstance(raw, dict):
+        raise VDNAFileError(f"{json_path} is not a ranges file (top level is not an object)")
+    if "mins_per_neuron" in raw:
+        try:
+            return Ranges.from_vdna_json(raw, origin=f"file:{json_path.name}")
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise VDNAFileError(f"malformed ranges file {json_path}: {type(err).__name__}: {err}") from err
+    if "mins" in raw and "maxs" in raw and "type" not in raw:
+        # neuroprint's own record: a job's ranges.json, or the "ranges" entry of a VDNA's metadata.
+        try:
+            return Ranges.from_json(raw)
+        except VDNAFileError as err:
+            raise VDNAFileError(f"{json_path}: {err}") from err
+    if raw.get("type") == "activation-ranges":
+        vdna = load_vdna_from_files(json_path)
+        return vdna.to_ranges(origin=f"vdna:{json_path.stem}")
+    raise VDNAFileError(
+        f"{json_path} is neither an activation_ranges.json, a job's ranges.json nor an activation-ranges "
+        f"VDNA (type {raw.get('type')!r})"
+    )

@@ -140,7 +140,7 @@ def run(args) -> int:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from . import __version__
+    from ._version import __version__
     from .extractors import create_extractor
     from .visualize import layer_channels, render
 

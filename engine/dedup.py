@@ -426,7 +426,7 @@ def find_duplicates(
             "error": pa.array([f[2] for f in sig.failures], pa.string()),
         }
     )
-    from . import __version__
+    from ._version import __version__
 
     settings = {
         "methods": methods,
