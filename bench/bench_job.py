@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from neuroprint import profile
-from neuroprint._job import run_job
+from neuroprint.jobs import run_job
 
 
 def make_images(folder: Path, n: int) -> None:

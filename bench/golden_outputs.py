@@ -28,7 +28,18 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-VOLATILE = {"created", "created_at", "timestamp", "time", "date", "started", "finished_at", "host", "pid"}
+VOLATILE = {
+    "time_of_compute",
+    "created",
+    "created_at",
+    "timestamp",
+    "time",
+    "date",
+    "started",
+    "finished_at",
+    "host",
+    "pid",
+}
 VOLATILE_SUFFIXES = ("_s", "_seconds", "_time", "_at")
 
 

@@ -27,7 +27,6 @@ from ._errors import (
     VDNAFileError,
     WeightsError,
 )
-from ._job import JobError, JobResult, run_job
 from ._processor import VDNAProcessor, profile
 from ._ranges import Ranges
 from ._recipe import Recipe
@@ -46,6 +45,7 @@ from ._vdna import (
 )
 from ._version import __version__
 from .extractors import create_extractor, list_extractors
+from .jobs import JobError, JobResult, run_job
 
 # The engine's other capabilities are submodules, imported on first use (``neuroprint.dedup`` etc.).
 _SUBMODULES = ("dedup", "explain", "fungi", "kernels", "visualize")

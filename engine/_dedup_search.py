@@ -383,7 +383,7 @@ def sharded_topk(
     """
     from neuroprint.kernels.cosine_topk import keys_to_topk, merge_topk_keys
 
-    from ._ray import ray_session
+    from .jobs.ray import ray_session
 
     x = np.ascontiguousarray(np.asarray(embeddings))
     if x.ndim != 2:

@@ -128,9 +128,9 @@ def run(args) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from ._job import run_job
     from ._version import __version__
     from .fungi import PCA
+    from .jobs import run_job
 
     configs = _configs()
     names = _objectives(args.fungi)

@@ -317,7 +317,7 @@ def _recorded_command(args) -> dict:
 
 
 def _apply_resume(args) -> None:
-    from ._job import MANIFEST
+    from .jobs import MANIFEST
 
     if args.out_dir is None:
         raise CLIError("--resume continues a job: give its --out-dir")
@@ -419,7 +419,7 @@ def _fungi_options(args) -> dict | None:
 
 
 def _profile_job(args, dists) -> int:
-    from ._job import run_job
+    from .jobs import run_job
 
     res = run_job(
         args.source,

@@ -383,7 +383,7 @@ def test_keep_first_and_centre_policies(dup_folder):
 
 
 def test_embedding_method_and_features_dir(dup_folder, tmp_path):
-    from neuroprint._job import run_job
+    from neuroprint.jobs import run_job
 
     root, _ = dup_folder
     kw = dict(extractor=TINY, weights="random", device="cpu", progress=False, batch_size=8)

@@ -213,8 +213,8 @@ def test_largest_keeps_native_over_upscaled_copies(upscaled_folder, tmp_path):
 
 
 def test_job_directory_carries_sharpness_to_dedup(upscaled_folder, tmp_path):
-    from neuroprint._job import run_job
     from neuroprint.dedup import compute_signatures, load_signatures
+    from neuroprint.jobs import run_job
 
     run_job(
         upscaled_folder,

@@ -21,9 +21,9 @@ from PIL import Image
 from neuroprint import open_source, profile
 from neuroprint._decode import DEFAULT_MAX_PIXELS, decode_image
 from neuroprint._errors import DecodeError
-from neuroprint._job import JobError, run_job
-from neuroprint._lock import LOCK_NAME, JobLockedError, job_lock
 from neuroprint.cli import main
+from neuroprint.jobs import JobError, run_job
+from neuroprint.jobs.lock import LOCK_NAME, JobLockedError, job_lock
 
 KW = dict(extractor=TINY, weights="random", batch_size=3, num_workers=1, progress=False, device="cpu")
 
@@ -131,7 +131,7 @@ def test_dali_routes_oversized_images_to_the_recorded_failure(image_sets, tmp_pa
 
 _HOLD = """
 import sys, time
-from neuroprint._lock import job_lock
+from neuroprint.jobs.lock import job_lock
 with job_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

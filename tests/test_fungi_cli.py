@@ -173,8 +173,8 @@ def test_dedup_reads_a_features_directory(labelled, tmp_path):
 
 
 def test_job_fungi_column_equals_the_features_command(labelled, tmp_path):
-    from neuroprint._job import run_job
     from neuroprint.cli import main
+    from neuroprint.jobs import run_job
 
     out = tmp_path / "feats"
     assert _run(labelled, out, "--fungi", "kl,dino", "--batch-size", "4", "--seed", "3") == 0
@@ -202,7 +202,7 @@ def test_job_fungi_column_equals_the_features_command(labelled, tmp_path):
 
 def test_job_fungi_on_ray_actors_equals_local(labelled, tmp_path):
     pytest.importorskip("ray")
-    from neuroprint._job import run_job
+    from neuroprint.jobs import run_job
 
     fungi = {"fungi": "kl", "model": "vit_tiny_patch16_224", "input_dim": 32, "seed": 1}
     common = dict(extractor="timm:test_resnet", weights="random", batch_size=2, num_workers=1, device="cpu")
@@ -280,7 +280,7 @@ def _has_ray() -> bool:
 
 def test_signatures_only_jobs_check_their_arguments(labelled, tmp_path):
     from neuroprint._hashes import image_hashes
-    from neuroprint._job import run_job
+    from neuroprint.jobs import run_job
 
     res = run_job(
         labelled, tmp_path / "h", (), extractor=None, hashes=["phash"], progress=False, shard_size=4

@@ -17,7 +17,7 @@ from agreement import LEVEL_BITWISE, LEVEL_FLOAT32_FILE, LEVEL_MERGE_ORDER, asse
 from conftest import TINY
 
 from neuroprint import load_vdna_from_files, open_source, profile
-from neuroprint._job import JobError, run_job
+from neuroprint.jobs import JobError, run_job
 
 DISTS = ["histogram-40", "layer-gaussian", "gaussian"]
 KW = dict(extractor=TINY, weights="random", batch_size=3, num_workers=2, progress=False, device="cpu")

@@ -14,8 +14,8 @@ from PIL import Image
 
 from neuroprint import open_source, profile
 from neuroprint._dali import is_available as dali_available
-from neuroprint._job import JobError, run_job
 from neuroprint.cli import main
+from neuroprint.jobs import JobError, run_job
 
 KW = dict(extractor=TINY, weights="random", batch_size=3, num_workers=2, progress=False, device="cpu")
 DECODERS = ["pil", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="no DALI"))]

@@ -15,7 +15,7 @@ from agreement import LEVEL_FLOAT32, assert_rows_agree, assert_vdnas_agree
 from conftest import TINY
 
 from neuroprint import profile
-from neuroprint._job import run_job
+from neuroprint.jobs import run_job
 
 ray = pytest.importorskip("ray")
 

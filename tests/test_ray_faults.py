@@ -1,6 +1,6 @@
 """Ray faults: killed actors, restarting actors and failing shards, on a real local Ray.
 
-The scheduler (`neuroprint._ray._schedule`) is driven by real Ray actors: the job's own (killed with
+The scheduler (`neuroprint.jobs.ray._schedule`) is driven by real Ray actors: the job's own (killed with
 SIGKILL while they run shards) and small test actors that die or raise on purpose, so the limits are
 reached in seconds."""
 
@@ -21,8 +21,8 @@ from conftest import TINY
 
 from neuroprint import load_vdna_from_files, profile
 from neuroprint._errors import RayJobError
-from neuroprint._ray import ACTOR_PREFIX, MAX_DEATHS, MAX_FAILURES, _schedule, ray_session
 from neuroprint.cli import main
+from neuroprint.jobs.ray import ACTOR_PREFIX, MAX_DEATHS, MAX_FAILURES, _schedule, ray_session
 
 ray = pytest.importorskip("ray")
 

@@ -13,8 +13,8 @@ from test_cli import COMMON, assert_one_line_error, run
 
 from neuroprint import load_ranges, load_vdna_from_files, open_source, profile
 from neuroprint._errors import SourceError, VDNAFileError
-from neuroprint._job import run_job
 from neuroprint.cli import COMMANDS
+from neuroprint.jobs import run_job
 
 KW = dict(extractor=TINY, weights="random", batch_size=3, num_workers=1, progress=False, device="cpu")
 

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY
 
 from neuroprint import EmptySourceError, SourceError, open_source, profile
-from neuroprint._job import run_job
+from neuroprint.jobs import run_job
 
 KW = dict(extractor=TINY, weights="random", batch_size=3, num_workers=2, progress=False, device="cpu")
 

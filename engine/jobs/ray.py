@@ -41,7 +41,7 @@ def _require_ray():
     try:
         import ray
     except ImportError as err:  # pragma: no cover - depends on the install
-        from ._errors import NeuroprintError
+        from .._errors import NeuroprintError
 
         raise NeuroprintError("the Ray runner needs ray: pip install 'neuroprint[ray]'") from err
     return ray
@@ -113,9 +113,17 @@ def _one_line(err: BaseException) -> str:
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
+def _init_failed(err) -> str | None:
+    """The last line of the error an actor's constructor raised (None when the actor died otherwise)."""
+    if not getattr(err, "actor_init_failed", False):
+        return None
+    lines = [ln.strip() for ln in str(getattr(err, "error_msg", "") or err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
 def _schedule(ray, actors, shards, todo, commit, bar) -> None:
     """Runs every shard of ``todo`` on the actors and commits each result once (see the module docstring)."""
-    from ._errors import RayJobError
+    from .._errors import RayJobError
 
     died = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
     queue = deque(todo)
@@ -156,7 +164,9 @@ def _schedule(ray, actors, shards, todo, commit, bar) -> None:
             actor, delay = probes.pop(fut)
             try:
                 ray.get(fut)
-            except died:
+            except died as err:
+                if _init_failed(err):
+                    raise RayJobError(f"a Ray actor could not start the job: {_init_failed(err)}") from err
                 probe_later(actor, min(2 * delay, PROBE_MAX_S))
                 continue
             idle.append(actor)
@@ -166,6 +176,8 @@ def _schedule(ray, actors, shards, todo, commit, bar) -> None:
         try:
             table, state, failed = ray.get(fut)
         except died as err:
+            if _init_failed(err):  # the worker's constructor failed: it will fail on every restart
+                raise RayJobError(f"a Ray actor could not start the job: {_init_failed(err)}") from err
             deaths[k] += 1
             if deaths[k] >= MAX_DEATHS:
                 raise RayJobError(

@@ -17,7 +17,7 @@ import os
 import socket
 from pathlib import Path
 
-from ._errors import NeuroprintError
+from .._errors import NeuroprintError
 
 logger = logging.getLogger(__name__)
 

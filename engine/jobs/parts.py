@@ -1,0 +1,114 @@
+"""The parts of a job: everything one pass over the pixels produces.
+
+A `Part` is a per-image column (the pooled embedding, perceptual hashes, FUNGI features, the EMD to a
+reference) or a dataset reducer (the VDNA distributions), or both. The job, its shard worker and its
+runners (local, Ray) know parts only through this protocol, so a new output is one class and its
+registration (`register_part`), with no change to the job:
+
+driver, once per job
+    ``configure(job)``   check the part against the job (its backbone, decoder); load what it needs
+    ``settings()``       JSON-able options: part of the job's settings, so of its digest; a resume with
+                         other settings is refused
+    ``prepare(job)``     one-off work once the output directory is claimed (the histogram ranges' pass)
+
+worker, once per worker (a copy of the part: parts are pickled to Ray actors, so hold options, not models)
+    ``bind(worker)``     build models on the worker's device (``worker.shared(key, build)`` shares one
+                         between parts); after it ``fields()`` gives the Arrow columns, in order
+    ``per_image(img)``   optional: runs in the decode threads on each decoded image (uint8 RGB, before any
+                         resize), returning a dict; the batch carries the dicts in ``batch.per_image[name]``
+
+worker, per shard
+    ``start_shard()``                  reset the shard's state
+    ``columns(batch, feats) -> dict``  column -> one value per readable item of the batch; ``feats`` are
+                                       the backbone's taps on the model input (None without a backbone)
+    ``shard_state() -> dict``          the shard's exact state (numpy arrays; keys unique to the part),
+                                       saved in ``partials/shard-K.npz`` (no pickle)
+
+driver, at the end
+    ``merge_state(arrays)``  fold one shard's state in (every shard, in shard order)
+    ``finish(job) -> dict``  write the dataset outputs into the job directory; return {name: VDNA}
+
+``needs`` says what a part reads: "features" (the backbone's taps; the job must have an extractor),
+"decoded" (each image as decoded; the PIL decoder). ``per_image`` (when defined) needs the PIL
+decoder as well. Failure rows hold None in every part's columns.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = ["PARTS", "Part", "get_part", "register_part"]
+
+NEEDS = ("features", "decoded")
+
+
+class Part:
+    """Base class of job parts; every hook has a do-nothing default (see the module docstring)."""
+
+    #: unique name of the part in a job; also the key of its per-image values in ``batch.per_image``
+    name: str = ""
+    #: what the part reads: a subset of ("features", "decoded")
+    needs: frozenset = frozenset()
+    #: settings recorded when a job does not have this part at all (None: nothing recorded). The built-in
+    #: parts record theirs, so that job directories written before parts existed keep their digest.
+    absent_settings: ClassVar[dict | None] = None
+    #: define ``per_image(self, img) -> dict`` to compute per-image values in the decode threads
+    per_image = None
+
+    def configure(self, job) -> None:
+        pass
+
+    def settings(self) -> dict:
+        return {}
+
+    def prepare(self, job) -> None:
+        pass
+
+    def bind(self, worker) -> None:
+        pass
+
+    def fields(self) -> list:
+        return []
+
+    def start_shard(self) -> None:
+        pass
+
+    def columns(self, batch, feats) -> dict:
+        return {}
+
+    def shard_state(self) -> dict:
+        return {}
+
+    def merge_state(self, arrays: dict) -> None:
+        pass
+
+    def finish(self, job) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+PARTS: dict[str, type[Part]] = {}
+
+
+def register_part(cls: type[Part]) -> type[Part]:
+    """Class decorator: make ``cls`` known to jobs by its ``name`` (``run_job(parts=[name])``)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    bad = set(cls.needs) - set(NEEDS)
+    if bad:
+        raise ValueError(f"{cls.__name__}: unknown needs {sorted(bad)}; expected some of {', '.join(NEEDS)}")
+    if PARTS.get(cls.name, cls) is not cls and PARTS[cls.name].__qualname__ != cls.__qualname__:
+        raise ValueError(f"a part named {cls.name!r} is already registered ({PARTS[cls.name].__qualname__})")
+    PARTS[cls.name] = cls
+    return cls
+
+
+def get_part(spec) -> Part:
+    """A part from an instance (as is) or a registered name (built with its defaults)."""
+    if isinstance(spec, Part):
+        return spec
+    if isinstance(spec, str) and spec in PARTS:
+        return PARTS[spec]()
+    raise ValueError(f"unknown job part {spec!r}; registered: {', '.join(sorted(PARTS)) or 'none'}")
