@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_images(folder: str, n: int) -> None:
     from PIL import Image
 
-    from neuroprint._demo import natural_image
+    from neuroprint.cli.demo import natural_image
 
     for i in range(n):
         Image.fromarray(natural_image(375, 500, i)).save(os.path.join(folder, f"img_{i:05d}.jpg"), quality=90)
@@ -53,12 +53,12 @@ def worker(impl: str, threads: int, folder: str, args: argparse.Namespace) -> di
     import torch
 
     torch.set_num_threads(threads)
-    from neuroprint._decode import ImageLoader
-    from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
+    from neuroprint.io.decode import ImageLoader
+    from neuroprint.io.recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
 
     recipe = Recipe(size=(args.size, args.size), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=args.crop)
     if impl == "dali":
-        from neuroprint._dali import DaliImageLoader
+        from neuroprint.io.dali import DaliImageLoader
 
         loader = DaliImageLoader(folder, recipe, batch_size=args.batch_size, num_threads=threads)
     else:

@@ -204,7 +204,7 @@ def cpu_timed(fn):
 
 
 def hamming_scores(hashes: np.ndarray) -> np.ndarray:
-    from neuroprint._hashes import hamming_distance
+    from neuroprint.dedup.hashes import hamming_distance
 
     h = torch.from_numpy(np.asarray(hashes, dtype=np.int64))
     return -hamming_distance(h[:, None], h[None, :]).numpy().astype(np.float64)
@@ -219,8 +219,8 @@ RAW_HASHES: dict[str, np.ndarray] = {}  # method -> int64 hashes, for the bit-fo
 
 
 def run_methods(images, args) -> dict:
-    from neuroprint._hashes import image_hashes
     from neuroprint.dedup import compute_signatures
+    from neuroprint.dedup.hashes import image_hashes
 
     results = {}
     for m in ("phash", "dhash"):
@@ -344,8 +344,8 @@ def _measure_exact(method: str, n: int, d: int, k: int, device: str):
 def scale_section(args) -> dict:
     import multiprocessing as mp
 
-    from neuroprint._hashes import hamming_pairs
     from neuroprint.dedup import approximate_topk, recall_at_k
+    from neuroprint.dedup.hashes import hamming_pairs
 
     n, d, k = args.scale_n, args.dim, args.k
     rng = np.random.default_rng(1)

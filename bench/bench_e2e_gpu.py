@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from neuroprint._processor import _CACHE
-from neuroprint._reducers import ActivationRangesReducer, make_reducer
+from neuroprint.stats.profile import _CACHE
+from neuroprint.stats.reducers import ActivationRangesReducer, make_reducer
 
 
 def make_jpegs(folder: Path, n: int) -> list[Path]:
@@ -108,12 +108,12 @@ def main(argv=None) -> int:
     )
     decoder_name = args.decoder
     if decoder_name == "auto":
-        from neuroprint._dali import is_available
+        from neuroprint.io.dali import is_available
 
         decoder_name = "dali" if is_available() else "torchvision"
     if decoder_name == "dali":
         from neuroprint import open_source
-        from neuroprint._dali import DaliImageLoader
+        from neuroprint.io.dali import DaliImageLoader
 
         device_id = (dev.index or 0) if dev.type == "cuda" else None
         src = open_source([str(p) for p in paths[:n_images]])

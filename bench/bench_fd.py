@@ -120,7 +120,7 @@ def breakdown(t_args, repeats: int, sync, our_value: float) -> dict:
     S1 = L L^T (same spectrum as S1 S2), replacing the first full eigendecomposition by a Cholesky
     factorisation. It needs S1 positive definite.
     """
-    from neuroprint._distances import _sqrt_psd
+    from neuroprint.stats.distances import _sqrt_psd
 
     mu1, s1, mu2, s2 = t_args
     s1 = (s1 + s1.T) / 2

@@ -278,7 +278,7 @@ def build_weights(name: str, workdir: Path, seed: int) -> dict:
 def measure_ranges(name: str, folder: Path, weights: str, out: Path) -> Path:
     """vdna-layout activation_ranges.json measured by neuroprint on the first images of the set."""
     import neuroprint
-    from neuroprint import _processor
+    from neuroprint.stats import profile as _processor
 
     paths = list_images(folder)[:RANGES_IMAGES]
     v = neuroprint.profile(
@@ -475,9 +475,9 @@ def worker_profile(spec: dict) -> dict:
     import torch
 
     import neuroprint
-    from neuroprint._decode import ImageLoader
-    from neuroprint._ranges import load_ranges
+    from neuroprint.io.decode import ImageLoader
     from neuroprint.kernels.histogram import neuron_histogram, norm_params
+    from neuroprint.stats.ranges import load_ranges
 
     name, device, bs = spec["extractor"], spec["device"], spec["batch_size"]
     paths = [str(p) for p in list_images(Path(spec["folder"]))][:bs]

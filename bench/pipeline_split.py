@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import neuroprint
-    from neuroprint import _reducers
     from neuroprint.extractors import _factory
+    from neuroprint.stats import reducers as _reducers
 
     timers = {"forward": 0.0, "histogram": 0.0}
     forward, update = _factory.Extractor.forward, _reducers.HistogramReducer.update
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                     f"{100 * fwd / total:>13.0f}%",
                     flush=True,
                 )
-            neuroprint._processor._CACHE.__init__()
+            neuroprint.stats.profile._CACHE.__init__()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

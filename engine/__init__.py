@@ -17,7 +17,6 @@ resumable job writing Parquet rows and VDNAs, locally or on Ray actors), `open_s
 and `neuroprint.kernels`.
 """
 
-from ._distances import EMD, FD, NFD, earth_movers_distance, frechet_distance, frechet_distance_1d
 from ._errors import (
     DecodeError,
     EmptySourceError,
@@ -27,12 +26,16 @@ from ._errors import (
     VDNAFileError,
     WeightsError,
 )
-from ._processor import VDNAProcessor, profile
-from ._ranges import Ranges
-from ._recipe import Recipe
-from ._scoring import emd_matrix, score_images
-from ._sources import Item, Source, open_source
-from ._vdna import (
+from ._version import __version__
+from .extractors import create_extractor, list_extractors
+from .io.recipe import Recipe
+from .io.sources import Item, Source, open_source
+from .jobs import JobError, JobResult, run_job
+from .stats.distances import EMD, FD, NFD, earth_movers_distance, frechet_distance, frechet_distance_1d
+from .stats.profile import VDNAProcessor, profile
+from .stats.ranges import Ranges
+from .stats.scoring import emd_matrix, score_images
+from .stats.vdna import (
     VDNA,
     VDNAActivationRanges,
     VDNAGauss,
@@ -43,9 +46,6 @@ from ._vdna import (
     load_vdna_from_files,
     load_vdna_from_hub,
 )
-from ._version import __version__
-from .extractors import create_extractor, list_extractors
-from .jobs import JobError, JobResult, run_job
 
 # The engine's other capabilities are submodules, imported on first use (``neuroprint.dedup`` etc.).
 _SUBMODULES = ("dedup", "explain", "fungi", "kernels", "visualize")

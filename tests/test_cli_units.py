@@ -9,7 +9,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from neuroprint._cli_common import UNIT_FORMS, parse_units
+from neuroprint.cli.common import UNIT_FORMS, parse_units
 
 
 def test_grammar_forms():
@@ -47,7 +47,7 @@ def test_grammar_refusals():
 
 
 def _cli(argv):
-    from neuroprint._explain_cli import add_parser, add_rf_parser, run, run_rf
+    from neuroprint.cli.explain import add_parser, add_rf_parser, run, run_rf
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +71,7 @@ def test_explain_half_open_and_inclusive_ranges_select_the_same_channels(image_s
 
 
 def test_visualize_half_open_and_inclusive_ranges_select_the_same_channels(tmp_path):
-    from neuroprint import _visualize_cli as vcli
+    from neuroprint.cli import visualize as vcli
 
     parser = argparse.ArgumentParser(prog="neuroprint")
     vcli.add_parser(parser.add_subparsers(dest="command"))

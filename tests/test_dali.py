@@ -11,11 +11,11 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from neuroprint._dali import MAX_ABS_TOLERANCE, MEAN_ABS_TOLERANCE, DaliImageLoader, is_available  # noqa: E402
-from neuroprint._decode import ImageLoader  # noqa: E402
-from neuroprint._demo import natural_image  # noqa: E402
-from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe  # noqa: E402
-from neuroprint._sources import open_source  # noqa: E402
+from neuroprint.cli.demo import natural_image  # noqa: E402
+from neuroprint.io.dali import MAX_ABS_TOLERANCE, MEAN_ABS_TOLERANCE, DaliImageLoader, is_available  # noqa: E402
+from neuroprint.io.decode import ImageLoader  # noqa: E402
+from neuroprint.io.recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe  # noqa: E402
+from neuroprint.io.sources import open_source  # noqa: E402
 
 R224 = Recipe(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD)
 R299 = Recipe(size=(299, 299), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

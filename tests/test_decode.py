@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from neuroprint._decode import Batch, ImageLoader, decode_image, preprocess
 from neuroprint._errors import DecodeError
-from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
-from neuroprint._sources import open_source
+from neuroprint.io.decode import Batch, ImageLoader, decode_image, preprocess
+from neuroprint.io.recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
+from neuroprint.io.sources import open_source
 
 vdna_im = pytest.importorskip("vdna.utils.im")
 
@@ -313,7 +313,7 @@ def test_permission_denied(tmp_path):
 
 def test_permission_denied_reported(tmp_path, monkeypatch):
     # Runs as root too, where chmod cannot deny a read.
-    import neuroprint._decode as dec
+    import neuroprint.io.decode as dec
 
     path = tmp_path / "locked.png"
     Image.fromarray(_rgb(4, 4)).save(path)
@@ -430,11 +430,11 @@ def test_loader_all_failed_batch_and_early_stop():
 def test_global_truncated_flag_is_reported(monkeypatch, caplog):
     from PIL import ImageFile
 
-    import neuroprint._decode as dec
+    import neuroprint.io.decode as dec
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     monkeypatch.setattr(dec, "_warned_truncated_flag", False)
     data = _encode(Image.fromarray(_rgb(64, 64)), "PNG")
-    with caplog.at_level("WARNING", logger="neuroprint._decode"):
+    with caplog.at_level("WARNING", logger="neuroprint.io.decode"):
         decode_image(data[: len(data) // 2])
     assert "LOAD_TRUNCATED_IMAGES" in caplog.text

@@ -15,8 +15,7 @@ from conftest import TINY
 from PIL import Image, ImageDraw
 
 from neuroprint import EmptySourceError
-from neuroprint._dedup_cli import add_parser, main, run
-from neuroprint._hashes import hamming_pairs, image_hashes, pack_bits, popcount64
+from neuroprint.cli.dedup import add_parser, main, run
 from neuroprint.dedup import (
     DedupError,
     approximate_topk,
@@ -27,6 +26,7 @@ from neuroprint.dedup import (
     load_signatures,
     recall_at_k,
 )
+from neuroprint.dedup.hashes import hamming_pairs, image_hashes, pack_bits, popcount64
 from neuroprint.kernels.cosine_topk import cosine_topk
 
 # ------------------------------------------------------------------------------------------------ images
@@ -135,8 +135,8 @@ def test_hashes_do_not_depend_on_batch_padding():
 def test_loader_hashes_in_decode_threads_and_drops_full_size_images(dup_folder):
     """The signature loader hashes each image as it is decoded and keeps no full-size image unless
     asked; its hashes equal the batched ones."""
-    from neuroprint._dedup_signatures import _SignatureLoader
-    from neuroprint._sources import open_source
+    from neuroprint.dedup.signatures import _SignatureLoader
+    from neuroprint.io.sources import open_source
 
     folder = dup_folder[0]
     src = open_source(folder)
@@ -211,7 +211,7 @@ def _planted_hashes(n: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("max_distance", [0, 1, 3, 6, 10, 17, 64])
 def test_multi_index_hashing_equals_the_scan(max_distance, monkeypatch):
-    from neuroprint import _mih
+    from neuroprint.dedup import mih as _mih
 
     h = _planted_hashes(700, seed=max_distance)
     want = hamming_pairs(h, max_distance, method="scan")
@@ -228,7 +228,7 @@ def test_multi_index_hashing_equals_the_scan(max_distance, monkeypatch):
 
 
 def test_hamming_methods_and_plan():
-    from neuroprint._mih import plan
+    from neuroprint.dedup.mih import plan
 
     # The cost model: multi-index hashing for many hashes and small radii, the scan for few hashes.
     m, work = plan(1_000_000, 6)
@@ -241,7 +241,7 @@ def test_hamming_methods_and_plan():
         assert all(torch.equal(a, b) for a, b in zip(got, hamming_pairs(h, 5, method="scan")))
     with pytest.raises(ValueError, match="unknown method"):
         hamming_pairs(h, 5, method="lsh")
-    from neuroprint._mih import mih_pairs
+    from neuroprint.dedup.mih import mih_pairs
 
     with pytest.raises(ValueError, match="table limit"):
         mih_pairs(h, 5, 2)  # 32-bit substrings: no direct-address table
@@ -464,7 +464,7 @@ def test_cli_run_and_errors(dup_folder, tmp_path, capsys):
 
 def test_sharded_search_on_ray_equals_local_exact():
     pytest.importorskip("ray")
-    from neuroprint._dedup_search import sharded_topk
+    from neuroprint.dedup.search import sharded_topk
 
     x = clustered(40, 5, 16, seed=6)
     ev, ei = cosine_topk(torch.from_numpy(x), k=5)

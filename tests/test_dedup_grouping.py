@@ -13,9 +13,7 @@ import torch
 from PIL import Image, ImageFilter
 from test_dedup import jpeg, photo
 
-from neuroprint._dedup_cli import main
-from neuroprint._hashes import hamming_distance
-from neuroprint._sharpness import UPSCALED_BELOW, sharpness
+from neuroprint.cli.dedup import main
 from neuroprint.dedup import (
     DedupError,
     Signatures,
@@ -24,6 +22,8 @@ from neuroprint.dedup import (
     keep_ranking,
     kept_groups,
 )
+from neuroprint.dedup.hashes import hamming_distance
+from neuroprint.dedup.sharpness import UPSCALED_BELOW, sharpness
 
 
 def pink(seed: int, n: int = 256) -> Image.Image:

@@ -553,7 +553,7 @@ def test_empirical_field_finds_the_common_region():
 def _cli(argv: list[str]) -> int:
     import argparse
 
-    from neuroprint._explain_cli import add_parser, add_rf_parser, run, run_rf
+    from neuroprint.cli.explain import add_parser, add_rf_parser, run, run_rf
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -588,7 +588,7 @@ def test_cli_explain_writes_maps_overlays_and_index(image_sets, tmp_path, method
     assert settings["units"][:3] == ["3:mean", "5:mean", "6:mean"]
     # the stored map is what the library computes for that image
     ex = create_extractor("timm:test_resnet", weights="random")
-    from neuroprint._decode import decode_image, preprocess
+    from neuroprint.io.decode import decode_image, preprocess
 
     first = ok[0]
     x = preprocess(decode_image(first["uri"]), ex.recipe)[None]

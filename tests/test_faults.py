@@ -19,9 +19,9 @@ from conftest import TINY
 from PIL import Image
 
 from neuroprint import open_source, profile
-from neuroprint._decode import DEFAULT_MAX_PIXELS, decode_image
 from neuroprint._errors import DecodeError
 from neuroprint.cli import main
+from neuroprint.io.decode import DEFAULT_MAX_PIXELS, decode_image
 from neuroprint.jobs import JobError, run_job
 from neuroprint.jobs.lock import LOCK_NAME, JobLockedError, job_lock
 
@@ -111,9 +111,9 @@ def test_images_over_max_pixels_are_failures_without_decoding(image_sets, ranges
 
 
 def test_dali_routes_oversized_images_to_the_recorded_failure(image_sets, tmp_path):
-    from neuroprint._dali import DaliImageLoader, is_available
-    from neuroprint._recipe import Recipe  # noqa: F401  (the recipe comes from the extractor below)
     from neuroprint.extractors import create_extractor
+    from neuroprint.io.dali import DaliImageLoader, is_available
+    from neuroprint.io.recipe import Recipe  # noqa: F401  (the recipe comes from the extractor below)
 
     if not is_available():
         pytest.skip("no DALI")

@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from neuroprint import frechet_distance
-from neuroprint._distances import _sqrt_psd
+from neuroprint.stats.distances import _sqrt_psd
 
 
 def scipy_fd(mu1, s1, mu2, s2) -> float:

@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY
 
 from neuroprint import DecodeError, EmptySourceError, SourceError, open_source, profile
-from neuroprint._sources import FsspecSource
+from neuroprint.io.sources import FsspecSource
 from neuroprint.jobs import run_job
 
 KW = dict(extractor=TINY, weights="random", batch_size=3, num_workers=2, progress=False, device="cpu")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neuroprint import _fungi_cli
+from neuroprint.cli import features as _fungi_cli
 from neuroprint.fungi import PCA, knn_accuracy, knn_predict, labels_from_ids
 
 pytest.importorskip("timm")
@@ -279,7 +279,7 @@ def _has_ray() -> bool:
 
 
 def test_signatures_only_jobs_check_their_arguments(labelled, tmp_path):
-    from neuroprint._hashes import image_hashes
+    from neuroprint.dedup.hashes import image_hashes
     from neuroprint.jobs import run_job
 
     res = run_job(

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from neuroprint._hashes import _resize_lanczos, image_hashes, pillow_resize_order
+from neuroprint.dedup.hashes import _resize_lanczos, image_hashes, pillow_resize_order
 
 # (height, width): tall, wide, extreme, near the Pillow 13 switch, and upscaled in one axis.
 SHAPES = [(300, 37), (37, 300), (1000, 20), (20, 1000), (171, 90), (170, 90), (100, 5), (64, 64), (31, 29)]

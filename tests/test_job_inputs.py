@@ -13,8 +13,8 @@ from conftest import TINY
 from PIL import Image
 
 from neuroprint import open_source, profile
-from neuroprint._dali import is_available as dali_available
 from neuroprint.cli import main
+from neuroprint.io.dali import is_available as dali_available
 from neuroprint.jobs import JobError, run_job
 
 KW = dict(extractor=TINY, weights="random", batch_size=3, num_workers=2, progress=False, device="cpu")

@@ -59,7 +59,7 @@ class Brightness(Part):
 
 def _expected(src) -> dict:
     """Each readable file's mean, decoded here by the reference decoder (one file at a time)."""
-    from neuroprint._decode import DecodeError, decode_image
+    from neuroprint.io.decode import DecodeError, decode_image
 
     out = {}
     for p in sorted(src.rglob("*")):

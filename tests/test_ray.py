@@ -49,7 +49,7 @@ def test_local_ray1_ray2_give_the_same_output(many, tmp_path):
 
 
 def test_dali_decoding_in_ray_actors_equals_local_dali(many, tmp_path):
-    from neuroprint._dali import is_available
+    from neuroprint.io.dali import is_available
 
     if not is_available():
         pytest.skip("no DALI")

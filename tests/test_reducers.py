@@ -8,7 +8,8 @@ import torch
 
 from neuroprint import Ranges
 from neuroprint._errors import IncompatibleVDNAError
-from neuroprint._reducers import (
+from neuroprint.kernels.histogram import neuron_histogram, norm_params, reference_neuron_histogram
+from neuroprint.stats.reducers import (
     ActivationRangesReducer,
     GaussianReducer,
     HistogramReducer,
@@ -16,7 +17,6 @@ from neuroprint._reducers import (
     make_reducer,
     parse_distribution,
 )
-from neuroprint.kernels.histogram import neuron_histogram, norm_params, reference_neuron_histogram
 
 
 def naive_histogram(x: np.ndarray, mins: np.ndarray, maxs: np.ndarray, bins: int) -> np.ndarray:

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from neuroprint._decode import ImageLoader, decode_image
 from neuroprint._errors import DecodeError, EmptySourceError, SourceError
-from neuroprint._recipe import Recipe
-from neuroprint._sources import IMAGE_EXTENSIONS, Source, open_source
+from neuroprint.io.decode import ImageLoader, decode_image
+from neuroprint.io.recipe import Recipe
+from neuroprint.io.sources import IMAGE_EXTENSIONS, Source, open_source
 
 
 def _save(path, seed: int = 0, size=(6, 5)) -> bytes:

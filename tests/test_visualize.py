@@ -428,7 +428,7 @@ def test_nhwc_layers_are_read_channels_last():
 def test_bounded_lbfgs_solves_box_qps_like_scipy_lbfgsb():
     """K independent box-constrained quadratics in one batch reach scipy L-BFGS-B's optimum each."""
     optimize = pytest.importorskip("scipy.optimize")
-    from neuroprint._vis_optim import BoundedLBFGS
+    from neuroprint.visualize.optim import BoundedLBFGS
 
     g = torch.Generator().manual_seed(0)
     k, n = 4, 12
@@ -468,7 +468,7 @@ def test_bounded_lbfgs_solves_box_qps_like_scipy_lbfgsb():
 def test_bounded_lbfgs_items_are_independent_problems():
     """Batched items follow the path each follows alone: own history, own line search (float64, where
     rounding cannot hide a coupling; quasi-Newton steps amplify float32 rounding of batched kernels)."""
-    from neuroprint._vis_optim import BoundedLBFGS
+    from neuroprint.visualize.optim import BoundedLBFGS
 
     g = torch.Generator().manual_seed(1)
     k, n = 5, 10
@@ -503,7 +503,7 @@ def test_bounded_lbfgs_items_are_independent_problems():
 
 
 def test_bounded_lbfgs_with_a_shared_component_is_one_problem():
-    from neuroprint._vis_optim import BoundedLBFGS
+    from neuroprint.visualize.optim import BoundedLBFGS
 
     p = vis.PixelParam(3, (16, 16), sd=0.1, shared=4, seed=1)
     opt = BoundedLBFGS(list(p.parameters()), items=3, lr=1.0, bounds=p.box())

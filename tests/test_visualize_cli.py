@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from neuroprint import _visualize_cli as vcli
+from neuroprint.cli import visualize as vcli
 
 
 def _args(argv):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
+from neuroprint.io.recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
 
 from ._backbone import TapBackbone, spatial_to_tokens
 from ._config import ExtractorConfig, StateDict, register_extractor

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from neuroprint._errors import NeuroprintError
-from neuroprint._recipe import Recipe
+from neuroprint.io.recipe import Recipe
 
 from ._backbone import TapBackbone
 from ._hub import VDNA_HUB_REPO

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from neuroprint._errors import WeightsError
-from neuroprint._recipe import Recipe
+from neuroprint.io.recipe import Recipe
 
 from . import _timm
 from ._backbone import TapBackbone

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuroprint._recipe import Recipe
+from neuroprint.io.recipe import Recipe
 
 from ._backbone import TapBackbone, spatial_to_tokens
 from ._config import ExtractorConfig, StateDict, register_extractor

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from neuroprint._errors import NeuroprintError
-from neuroprint._recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
+from neuroprint.io.recipe import IMAGENET_MEAN, IMAGENET_STD, Recipe
 
 from ._backbone import TapBackbone
 from ._config import ExtractorConfig, StateDict, UnknownExtractorError

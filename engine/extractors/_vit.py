@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from neuroprint._recipe import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Recipe
+from neuroprint.io.recipe import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Recipe
 
 from ._backbone import TapBackbone
 from ._config import ExtractorConfig, StateDict, register_extractor

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._decode import DEFAULT_MAX_PIXELS
+from ..io.decode import DEFAULT_MAX_PIXELS
 from .builtin import Distributions, Embedding, Fungi, Hashes, References
 from .job import Backbone, Job, JobResult
 from .parts import get_part
@@ -56,16 +56,16 @@ def run_job(
     ``ray_address``: an existing cluster, else a local one is started); the driver alone writes the
     output, so results equal the local runner's. references: {column name: histogram VDNA (or its
     path)}: adds each image's EMD to it (mean over its neurons) as a column ``emd:<name>``. decoder:
-    "pil" (the reference), "dali" (within ``neuroprint._dali.MAX_ABS_TOLERANCE`` of it; files DALI cannot
+    "pil" (the reference), "dali" (within ``neuroprint.io.dali.MAX_ABS_TOLERANCE`` of it; files DALI cannot
     decode exactly as PIL go through PIL) or "auto" (DALI on CUDA when installed, else PIL); the choice is
     part of the job's settings. hashes: any of "phash", "dhash": each image's 64-bit perceptual hash
     (bit-exact with the imagehash package, computed in the decode threads as each image is decoded, so
     full-size images are not held per batch) as an
     int64 column, with a ``sharpness`` float32 column (how native each image's resolution looks,
-    `neuroprint._sharpness`, which dedup's keep="largest" reads), for ``neuroprint dedup`` over the job
+    `neuroprint.dedup.sharpness`, which dedup's keep="largest" reads), for ``neuroprint dedup`` over the job
     directory; needs the PIL decoder. fungi: FUNGI
     gradient features as a ``fungi`` column, with the options of ``neuroprint features`` (a dict with any
-    of ``neuroprint._fungi_build.JOB_DEFAULTS``' keys: objectives "fungi", timm "model", "weights",
+    of ``neuroprint.fungi.build.JOB_DEFAULTS``' keys: objectives "fungi", timm "model", "weights",
     "layer", "input_dim", "negatives", "fp16", "mode", "seed"); the same numbers as that command; needs
     the PIL decoder. max_pixels: images with more pixels (read from their header) are failure rows
     without being decoded (0: no limit); part of the job's settings. command: the CLI's arguments, recorded in the manifest at the first run

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from .._errors import IncompatibleVDNAError
-from .._ranges import Ranges
-from .._reducers import ActivationRangesReducer, make_reducer, parse_distribution
+from ..stats.ranges import Ranges
+from ..stats.reducers import ActivationRangesReducer, make_reducer, parse_distribution
 from .parts import Part, register_part
 
 __all__ = ["Distributions", "Embedding", "Fungi", "Hashes", "References"]
@@ -60,7 +60,7 @@ class Distributions(Part):
         if path.is_file():  # fixed at the first run, so that a resume bins the same way
             self.ranges = Ranges.from_json(json.loads(path.read_text()))
             return
-        from .._processor import _resolve_ranges
+        from ..stats.profile import _resolve_ranges
 
         self.ranges = _resolve_ranges(self.ranges_arg, job.ex, job.weights, lambda: _auto_ranges(job))
         job.write_json(path, self.ranges.to_json())
@@ -91,7 +91,7 @@ class Distributions(Part):
             r.merge(part)
 
     def finish(self, job) -> dict:
-        from .._processor import build_vdnas
+        from ..stats.profile import build_vdnas
 
         merged, self._merged = getattr(self, "_merged", None) or [], None
         if not merged or merged[0].count == 0:
@@ -116,7 +116,7 @@ class Distributions(Part):
 
 def _auto_ranges(job) -> Ranges:
     """'auto' ranges: a first pass over the whole source measuring every neuron's min and max."""
-    from .._processor import _empty, _run_pass
+    from ..stats.profile import _empty, _run_pass
 
     r = ActivationRangesReducer(job.ex.layers)
     fails = _run_pass(
@@ -141,7 +141,7 @@ def fungi_wrapper(worker, options: dict):
     """The FUNGI wrapper of ``options`` on the worker's device, built once per worker and shared."""
     from types import SimpleNamespace
 
-    from .._fungi_build import build_wrapper
+    from ..fungi.build import build_wrapper
 
     key = ("fungi", json.dumps(options, sort_keys=True))
     return worker.shared(key, lambda: build_wrapper(SimpleNamespace(**options), worker.dev, worker.source)[0])
@@ -173,7 +173,7 @@ class Embedding(Part):
             self._layer = list(worker.ex.layers)[-1]
             self._dim = worker.ex.layers[self._layer]
         else:
-            from .._fungi_build import embedding_fn
+            from ..fungi.build import embedding_fn
 
             wrapper = fungi_wrapper(worker, self.fungi)
             self._embed, self._dim = embedding_fn(wrapper), wrapper.embeddings_dim
@@ -206,7 +206,7 @@ class References(Part):
     def configure(self, job) -> None:
         if job.ex is None:
             raise ValueError("a job without an extractor makes no VDNA: pass no ranges/references")
-        from .._vdna import load_vdna_from_files
+        from ..stats.vdna import load_vdna_from_files
 
         refs = {}
         for name, ref in self.refs.items():
@@ -220,7 +220,7 @@ class References(Part):
         return {"references": {n: _vdna_digest(v) for n, v in self.refs.items()}}
 
     def bind(self, worker) -> None:
-        from .._scoring import ReferenceScorer
+        from ..stats.scoring import ReferenceScorer
 
         self._scorers = {name: ReferenceScorer(v, worker.dev) for name, v in self.refs.items()}
 
@@ -260,7 +260,7 @@ def _vdna_digest(vdna) -> str:
 @register_part
 class Hashes(Part):
     """64-bit perceptual hashes (int64 columns, packed as in `neuroprint.dedup`; bit-exact with imagehash)
-    and ``sharpness`` (float32: how native each image's resolution looks, `neuroprint._sharpness`), all
+    and ``sharpness`` (float32: how native each image's resolution looks, `neuroprint.dedup.sharpness`), all
     computed in the decode threads on the decoded image, which is then dropped (bounded memory)."""
 
     name = "hashes"
@@ -276,8 +276,8 @@ class Hashes(Part):
         return {"hashes": list(self.kinds)}
 
     def per_image(self, img) -> dict:
-        from .._hashes import image_hashes
-        from .._sharpness import sharpness
+        from ..dedup.hashes import image_hashes
+        from ..dedup.sharpness import sharpness
 
         got = image_hashes([img], self.kinds)
         out = {k: int(got[k][0]) for k in self.kinds}
@@ -304,7 +304,7 @@ class Fungi(Part):
     absent_settings = {"fungi": None}
 
     def __init__(self, options: dict | None = None):
-        from .._fungi_build import job_options
+        from ..fungi.build import job_options
 
         self.options = job_options(options)
 
@@ -321,7 +321,7 @@ class Fungi(Part):
     def columns(self, batch, feats) -> dict:
         from PIL import Image
 
-        from .._fungi_build import item_generator
+        from ..fungi.build import item_generator
 
         images = [Image.fromarray(d) for d in batch.decoded]
         gens = [item_generator(self.options["seed"], it.id) for it in batch.items]

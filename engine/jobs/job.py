@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._decode import DEFAULT_MAX_PIXELS
 from .._errors import NeuroprintError
+from ..io.decode import DEFAULT_MAX_PIXELS
 from .lock import LOCK_NAME, job_lock
 from .parts import PARTS
 from .worker import ShardSpec, ShardWorker, make_loader, resolve_decoder
@@ -103,7 +103,7 @@ class Job:
             return self._run()
 
     def _run(self) -> JobResult:
-        from .._sources import open_source
+        from ..io.sources import open_source
 
         if not self.parts:
             raise ValueError("a job needs at least one part: there is nothing to compute")
@@ -132,7 +132,7 @@ class Job:
         return self._finish(manifest, shards, todo)
 
     def _open_backbone(self) -> None:
-        from .._processor import _CACHE, _default_workers, resolve_device
+        from ..stats.profile import _CACHE, _default_workers, resolve_device
 
         self.dev = resolve_device(self.device)
         self.workers = _default_workers() if self.num_workers is None else int(self.num_workers)
@@ -140,7 +140,7 @@ class Job:
         self.ex = self.model = None
         self.weights, self.dtype = None, torch.float32
         if b is None:
-            from .._recipe import Recipe
+            from ..io.recipe import Recipe
 
             # the loader's recipe is unused (no network input is made); a fixed one keeps the settings stable
             self.recipe = Recipe(size=(1, 1), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -264,7 +264,7 @@ class Job:
 
         import pyarrow.parquet as pq
 
-        from .._processor import _progress
+        from ..stats.profile import _progress
 
         spec, out = self._spec(), self.out
         failed_total = sum(v["failed"] for v in manifest["finished"].values())
@@ -309,7 +309,7 @@ class Job:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        from .._sources import Item
+        from ..io.sources import Item
 
         for k in range(len(shards)):
             with np.load(self.out / "partials" / f"shard-{k:05d}.npz", allow_pickle=False) as z:
@@ -358,7 +358,7 @@ class Job:
         )
 
     def data_settings(self) -> dict:
-        from .._processor import _json_source
+        from ..stats.profile import _json_source
 
         return {
             "source": _json_source(self.source.describe()),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._decode import DEFAULT_MAX_PIXELS, Batch, ImageLoader
+from ..io.decode import DEFAULT_MAX_PIXELS, Batch, ImageLoader
 
 __all__ = ["DECODERS", "ShardSpec", "ShardWorker", "make_loader", "resolve_decoder"]
 
@@ -40,8 +40,8 @@ class ShardSpec:
 
 def resolve_decoder(decoder: str, dev: torch.device) -> str:
     """'auto' is DALI on CUDA when DALI is installed, else PIL (DALI's CPU pipeline is slower than PIL's)."""
-    from .. import _dali
     from .._errors import NeuroprintError
+    from ..io import dali as _dali
 
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
@@ -59,7 +59,7 @@ def make_loader(
 ):
     """The job's decoder over ``items`` (default: the whole source), yielding ``Batch`` objects in order."""
     if decoder == "dali":
-        from .._dali import DaliImageLoader
+        from ..io.dali import DaliImageLoader
 
         device_id = None
         if dev.type == "cuda":
@@ -123,7 +123,7 @@ class ShardWorker:
     """Builds the decoder, the backbone and the parts once; computes shards into (rows, state, failed)."""
 
     def __init__(self, spec: ShardSpec, built=None):
-        from .._processor import _CACHE, resolve_device
+        from ..stats.profile import _CACHE, resolve_device
 
         self.spec, self.source = spec, spec.source
         self.dev = resolve_device(spec.device)
