@@ -143,11 +143,7 @@ def add_rf_parser(subparsers) -> argparse.ArgumentParser:
         "reaches --threshold of its peak. Printed next to the theoretical region of the same unit.",
     )
     em.add_argument("--empirical", metavar="SOURCE", default=None, help="images: folder, list, Parquet, URL")
-    em.add_argument(
-        "--weights",
-        default="default",
-        help="'default', 'random' or a checkpoint (the theoretical field needs none)",
-    )
+    add_shared(em, "weights")  # (the theoretical field needs none)
     em.add_argument("--channel", type=int, default=None, help="one channel at (Y,X); default: every channel")
     em.add_argument("--num-images", type=num_images_arg, default=64, help="use the first N images of SOURCE")
     em.add_argument("--window", type=int, nargs="+", default=[7], help="occluder side, or height width")
