@@ -13,8 +13,8 @@ plus the engine's own entry points: `profile` (several distributions from one pa
 resumable job writing Parquet rows and VDNAs, locally or on Ray actors), `open_source`,
 `Ranges`, and the extractor registry (`create_extractor`, `list_extractors`); and the submodules
 `neuroprint.fungi` (FUNGI gradient features), `neuroprint.dedup` (near-duplicates), `neuroprint.explain`
-(saliency, occlusion, receptive fields, minimal images), `neuroprint.visualize` (feature visualisation)
-and `neuroprint.kernels`.
+(saliency, occlusion, receptive fields, minimal images), `neuroprint.visualize` (feature visualisation),
+`neuroprint.check` (nightly data-quality checks) and `neuroprint.kernels`.
 """
 
 from ._errors import (
@@ -48,7 +48,7 @@ from .stats.vdna import (
 )
 
 # The engine's other capabilities are submodules, imported on first use (``neuroprint.dedup`` etc.).
-_SUBMODULES = ("dedup", "explain", "fungi", "kernels", "visualize")
+_SUBMODULES = ("check", "dedup", "explain", "fungi", "kernels", "visualize")
 
 
 def __getattr__(name: str):
@@ -83,6 +83,7 @@ __all__ = [
     "VDNAProcessor",
     "WeightsError",
     "__version__",
+    "check",
     "create_extractor",
     "dedup",
     "earth_movers_distance",

@@ -255,6 +255,9 @@ def _parser() -> argparse.ArgumentParser:
     from .visualize import add_parser as add_visualize_parser
 
     add_visualize_parser(sub)
+    from .check import add_parser as add_check_parser
+
+    add_check_parser(sub)
     return p
 
 
@@ -663,6 +666,7 @@ COMMANDS = {
     "explain": lambda args: __import__("neuroprint.cli.explain", fromlist=["run"]).run(args),
     "rf": lambda args: __import__("neuroprint.cli.explain", fromlist=["run_rf"]).run_rf(args),
     "visualize": lambda args: __import__("neuroprint.cli.visualize", fromlist=["run"]).run(args),
+    "check": lambda args: __import__("neuroprint.cli.check", fromlist=["run"]).run(args),
 }
 
 
@@ -684,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"neuroprint {args.command}: error: {msg}", file=sys.stderr)
-        return 1
+        return getattr(args, "error_exit", 1)  # check: 2 (1 means a rule failed)
     except Exception as err:  # a fault we did not foresee (a cluster, a library): still one line
         if args.debug:
             raise
@@ -693,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
             f"neuroprint {args.command}: error: {type(err).__name__}: {msg} (run with --debug for the traceback)",
             file=sys.stderr,
         )
-        return 1
+        return getattr(args, "error_exit", 1)
     except KeyboardInterrupt:
         print("neuroprint: interrupted", file=sys.stderr)
         return 130

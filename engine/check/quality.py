@@ -1,0 +1,175 @@
+"""Per-image quality statistics, computed at full resolution in the decode threads, and the quality flags
+whose thresholds come from the reference's own distribution of the same statistics.
+
+The statistics (all float32 columns but ``grayscale``, a bool; pixel values in [0, 1] unless said):
+
+    brightness     mean perceived brightness sqrt(0.241 R^2 + 0.691 G^2 + 0.068 B^2) (cleanvision's formula)
+    contrast       standard deviation of the luma (0.299 R + 0.587 G + 0.114 B)
+    colourfulness  Hasler & Suesstrunk's M on rg = R - G, yb = (R + G) / 2 - B
+    saturation     mean HSV saturation (max - min) / max
+    laplacian_var  variance of the 4-neighbour Laplacian of the luma, in 8-bit units (low: blurry)
+    entropy        Shannon entropy of the 256-bin luma histogram, in bits (low: little information)
+    aspect_ratio   width / height
+    grayscale      every pixel's channels within 2/255 of each other on average (mean spread < 2)
+    dark_clip      share of pixels with luma <= 5/255;  light_clip: share >= 250/255
+
+The flags (cleanvision's issue types, with its names where it has one), each against a threshold taken
+at a percentile ``q`` (default 1) of the reference's values:
+
+    dark            brightness below the reference's q-th percentile
+    light           brightness above its (100 - q)-th percentile
+    blurry          laplacian_var below its q-th percentile
+    low_information entropy below its q-th percentile
+    grayscale       a grayscale image, when grayscale images are rarer than q% in the reference
+    odd_aspect_ratio |log aspect ratio - the reference's median| above its (100 - q)-th percentile and log 1.1
+    odd_size        |log area - the reference's median| above its (100 - q)-th percentile and log 2
+    clipped         dark_clip + light_clip above its (100 - q)-th percentile and 0.05
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..jobs.parts import Part, register_part
+
+__all__ = ["FLAGS", "QUALITY_COLUMNS", "Quality", "flag_images", "quality_stats", "thresholds_from"]
+
+QUALITY_COLUMNS = (
+    "brightness",
+    "contrast",
+    "colourfulness",
+    "saturation",
+    "laplacian_var",
+    "entropy",
+    "aspect_ratio",
+    "grayscale",
+    "dark_clip",
+    "light_clip",
+)
+FLAGS = ("dark", "light", "blurry", "low_information", "grayscale", "odd_aspect_ratio", "odd_size", "clipped")
+
+_ASPECT_FLOOR = math.log(1.1)
+_SIZE_FLOOR = math.log(2.0)
+_CLIP_FLOOR = 0.05
+
+
+def quality_stats(img: np.ndarray) -> dict:
+    """The statistics above of one uint8 RGB image [H, W, 3], at its full resolution."""
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"quality statistics need a uint8 RGB image [H, W, 3], got {img.dtype} {img.shape}")
+    h, w = img.shape[:2]
+    rgb = img.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    bright = np.sqrt(0.241 * r * r + 0.691 * g * g + 0.068 * b * b)
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colourful = math.sqrt(float(rg.var()) + float(yb.var())) + 0.3 * math.hypot(
+        float(rg.mean()), float(yb.mean())
+    )
+    hi, lo = img.max(axis=2), img.min(axis=2)
+    spread = (hi - lo).astype(np.float32)
+    sat = np.divide(spread, hi, out=np.zeros_like(spread), where=hi > 0)
+    if h >= 3 and w >= 3:
+        lap = 4 * luma[1:-1, 1:-1] - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
+        lap_var = float(lap.var())
+    else:
+        lap_var = 0.0
+    luma8 = np.clip(luma + 0.5, 0, 255).astype(np.uint8)
+    counts = np.bincount(luma8.ravel(), minlength=256).astype(np.float64)
+    p = counts[counts > 0] / luma8.size
+    return {
+        "brightness": float(bright.mean()) / 255.0,
+        "contrast": float(luma.std()) / 255.0,
+        "colourfulness": colourful / 255.0,
+        "saturation": float(sat.mean()),
+        "laplacian_var": lap_var,
+        "entropy": float(-(p * np.log2(p)).sum()),
+        "aspect_ratio": w / h,
+        "grayscale": bool(spread.mean() < 2.0),
+        "dark_clip": float(counts[:6].sum()) / luma8.size,
+        "light_clip": float(counts[250:].sum()) / luma8.size,
+    }
+
+
+@register_part
+class Quality(Part):
+    """The quality statistics of each decoded image as columns (computed in the decode threads)."""
+
+    name = "quality"
+
+    def settings(self) -> dict:
+        return {"quality": list(QUALITY_COLUMNS)}
+
+    def per_image(self, img) -> dict:
+        return quality_stats(img)
+
+    def fields(self) -> list:
+        import pyarrow as pa
+
+        return [(c, pa.bool_() if c == "grayscale" else pa.float32()) for c in QUALITY_COLUMNS]
+
+    def columns(self, batch, feats) -> dict:
+        values = batch.per_image[self.name]
+        return {c: [v[c] for v in values] for c in QUALITY_COLUMNS}
+
+
+def _derived(table: dict) -> dict:
+    """Arrays the flags read: the statistics plus log aspect ratio, log area and the clipped share."""
+    out = {c: np.asarray(table[c], dtype=np.float64) for c in QUALITY_COLUMNS}
+    out["log_aspect"] = np.log(np.maximum(out["aspect_ratio"], 1e-9))
+    area = np.asarray(table["width"], dtype=np.float64) * np.asarray(table["height"], dtype=np.float64)
+    out["log_area"] = np.log(np.maximum(area, 1.0))
+    out["clip"] = out["dark_clip"] + out["light_clip"]
+    return out
+
+
+def thresholds_from(reference: dict, percentile: float) -> dict:
+    """The flags' thresholds from the reference's statistics (a dict of arrays over its readable images)."""
+    if not 0 < percentile < 50:
+        raise ValueError(f"the flags' percentile must be in (0, 50), got {percentile}")
+    d = _derived(reference)
+    if d["brightness"].size == 0:
+        raise ValueError("the reference has no readable image with quality statistics")
+    q, top = percentile, 100 - percentile
+    med_aspect, med_area = float(np.median(d["log_aspect"])), float(np.median(d["log_area"]))
+    return {
+        "percentile": q,
+        "dark": {"brightness <": float(np.percentile(d["brightness"], q))},
+        "light": {"brightness >": float(np.percentile(d["brightness"], top))},
+        "blurry": {"laplacian_var <": float(np.percentile(d["laplacian_var"], q))},
+        "low_information": {"entropy <": float(np.percentile(d["entropy"], q))},
+        "grayscale": {"reference share": float(d["grayscale"].mean()), "flagged when share <": q / 100},
+        "odd_aspect_ratio": {
+            "median log aspect": med_aspect,
+            "|log aspect - median| >": max(
+                float(np.percentile(np.abs(d["log_aspect"] - med_aspect), top)), _ASPECT_FLOOR
+            ),
+        },
+        "odd_size": {
+            "median log area": med_area,
+            "|log area - median| >": max(
+                float(np.percentile(np.abs(d["log_area"] - med_area), top)), _SIZE_FLOOR
+            ),
+        },
+        "clipped": {"dark_clip + light_clip >": max(float(np.percentile(d["clip"], top)), _CLIP_FLOOR)},
+    }
+
+
+def flag_images(table: dict, th: dict) -> dict:
+    """{flag: bool array} for images with statistics ``table`` (dict of arrays), thresholds ``th``."""
+    d = _derived(table)
+    gray_rare = th["grayscale"]["reference share"] < th["grayscale"]["flagged when share <"]
+    return {
+        "dark": d["brightness"] < th["dark"]["brightness <"],
+        "light": d["brightness"] > th["light"]["brightness >"],
+        "blurry": d["laplacian_var"] < th["blurry"]["laplacian_var <"],
+        "low_information": d["entropy"] < th["low_information"]["entropy <"],
+        "grayscale": (d["grayscale"] > 0.5) & gray_rare,
+        "odd_aspect_ratio": np.abs(d["log_aspect"] - th["odd_aspect_ratio"]["median log aspect"])
+        > th["odd_aspect_ratio"]["|log aspect - median| >"],
+        "odd_size": np.abs(d["log_area"] - th["odd_size"]["median log area"])
+        > th["odd_size"]["|log area - median| >"],
+        "clipped": d["clip"] > th["clipped"]["dark_clip + light_clip >"],
+    }

@@ -1,0 +1,432 @@
+"""The nightly check (neuroprint.check): calibrated drift, planted drift and flags, duplicates against the
+reference, resume, reference updates, bad input, the CLI's exit codes and the report in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import TINY
+from PIL import Image, ImageFilter
+
+from neuroprint.check import CheckError, build_reference, check, parse_rule, update_reference
+from neuroprint.check.quality import quality_stats
+from neuroprint.cli import main
+
+KW = dict(device="cpu", batch_size=16, num_workers=2, progress=False, shard_size=16)
+REF_KW = dict(KW, extractor=TINY, weights="random", bins=32, pool_size=64)
+NIGHT = 30
+
+
+def _texture(rng, size=64) -> np.ndarray:
+    """The reference's family: smooth colour blobs (8x8 noise upsampled) with pixel noise."""
+    base = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(base).resize((size, size), Image.BILINEAR)).astype(np.float32)
+    return np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+
+
+def _stripes(rng, size=64) -> np.ndarray:
+    """Another texture family: oriented stripes."""
+    y, x = np.mgrid[:size, :size]
+    a = rng.uniform(0, np.pi)
+    f = rng.uniform(0.3, 0.8)
+    s = np.sin(f * (np.cos(a) * x + np.sin(a) * y))
+    col = rng.integers(0, 256, 3)
+    return np.clip(128 + s[..., None] * (col - 128)[None, None, :], 0, 255).astype(np.uint8)
+
+
+def _save(folder, name, arr):
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(folder / name)
+
+
+def _night(folder, seed, n=NIGHT):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        _save(folder, f"n{seed}_{i:03d}.png", _texture(rng))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    root = tmp_path_factory.mktemp("check")
+    rng = np.random.default_rng(0)
+    for i in range(96):
+        _save(root / "ref_src", f"r{i:03d}.png", _texture(rng))
+    build_reference(root / "ref_src", root / "REF", **REF_KW)
+    return root / "REF"
+
+
+def _rows(out):
+    return pq.read_table(out / "flags.parquet").to_pylist()
+
+
+def test_quality_statistics_of_known_images():
+    flat = np.full((20, 30, 3), 128, np.uint8)
+    q = quality_stats(flat)
+    assert q["contrast"] == 0 and q["entropy"] == 0 and q["laplacian_var"] == 0 and q["grayscale"]
+    assert q["aspect_ratio"] == pytest.approx(1.5) and q["brightness"] == pytest.approx(128 / 255, abs=1e-3)
+    white = quality_stats(np.full((8, 8, 3), 255, np.uint8))
+    assert white["brightness"] == pytest.approx(1.0, abs=1e-4) and white["light_clip"] == 1.0
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    qn = quality_stats(noise)
+    blurred = np.asarray(Image.fromarray(noise).filter(ImageFilter.GaussianBlur(2)))
+    assert quality_stats(blurred)["laplacian_var"] < qn["laplacian_var"] / 10
+    assert not qn["grayscale"] and qn["entropy"] > 7.5 and qn["saturation"] > 0.3
+    gray = np.repeat(noise[..., :1], 3, axis=2)
+    assert quality_stats(gray)["grayscale"] and quality_stats(gray)["saturation"] == 0
+    with pytest.raises(ValueError):
+        quality_stats(noise[..., 0])
+
+
+def test_rules_parse_and_refuse_bad_forms():
+    assert parse_rule("drift:p<0.01") == {
+        "rule": "drift:p<0.01",
+        "name": "drift:p",
+        "op": "<",
+        "value": 0.01,
+        "percent": False,
+    }
+    assert parse_rule(" dark > 2% ")["percent"]
+    for bad in ("drift:p<<1", "darkness>2%", "dark>x", ""):
+        with pytest.raises(CheckError, match="NAME OP VALUE"):
+            parse_rule(bad)
+    with pytest.raises(CheckError, match="takes a value"):
+        parse_rule("drift:p<1%")
+
+
+def test_no_drift_nights_pass_at_the_calibrated_rate(ref, tmp_path):
+    """20 nights from the reference's generator: at most 1 flagged at p < 0.01; the null is at the night's size."""
+    ps = []
+    for seed in range(100, 120):
+        res = check(
+            _night(tmp_path / f"src{seed}", seed),
+            ref,
+            tmp_path / f"night{seed}",
+            resamples=199,
+            report=False,
+            **KW,
+        )
+        assert res.drift["n"] == NIGHT and res.drift["N"] == 96
+        ps.append(res.drift["p"])
+    flagged = sum(p < 0.01 for p in ps)
+    print(
+        f"no-drift false-positive rate at p < 0.01: {flagged}/20 = {flagged / 20:.2f}; p-values {np.round(ps, 3).tolist()}"
+    )
+    assert flagged <= 1
+    # a null for another night size: 10 images spread more than 30 (the EMD of a smaller sample is larger)
+    small = check(
+        _night(tmp_path / "small", 200, n=10),
+        ref,
+        tmp_path / "small_night",
+        resamples=199,
+        report=False,
+        **KW,
+    )
+    assert small.drift["n"] == 10
+    big = check(
+        _night(tmp_path / "big", 201, n=40), ref, tmp_path / "big_night", resamples=199, report=False, **KW
+    )
+    assert small.drift["emd_null"]["median"] > 1.3 * big.drift["emd_null"]["median"]
+
+
+def _planted(folder, seed):
+    """A night of 30: 21 from the reference's family, 9 changed (3 darkened, 3 blurred, 3 stripes)."""
+    rng = np.random.default_rng(seed)
+    changed = []
+    for i in range(NIGHT):
+        img = _texture(rng)
+        name = f"p_{i:03d}.png"
+        if i % 10 in (1, 4, 7):
+            kind = ("dark", "blur", "stripes")[(i // 10)]
+            if kind == "dark":
+                img = (img * 0.25).astype(np.uint8)
+            elif kind == "blur":
+                img = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(3)))
+            else:
+                img = _stripes(rng)
+            changed.append(name)
+        _save(folder, name, img)
+    return folder, changed
+
+
+def test_planted_drift_is_flagged_and_its_images_lead_the_lists(ref, tmp_path):
+    src, changed = _planted(tmp_path / "planted", 7)
+    res = check(src, ref, tmp_path / "night", resamples=199, report=False, **KW)
+    assert res.drift["p"] < 0.01 and res.verdict == "fail" and res.exit_code == 1
+    rows = [r for r in _rows(tmp_path / "night") if r["status"] == "ok"]
+    k = len(changed)
+    by_outlier = [r["id"] for r in sorted(rows, key=lambda r: r["outlier_rank"])][:k]
+    by_driving = [r["id"] for r in sorted(rows, key=lambda r: -r["driving_score"])][:k]
+    p_out = len(set(by_outlier) & set(changed)) / k
+    p_drv = len(set(by_driving) & set(changed)) / k
+    assert [d["id"] for d in res.driving][:k] == by_driving
+    # one neuron answers to some of the changes (darkening, blur or the other texture), not all of them
+    top3 = [len({d["id"] for d in t["driving"][:3]} & set(changed)) / 3 for t in res.top_neurons]
+    print(
+        f"planted drift: p={res.drift['p']:.4f}; precision@{k}: outliers {p_out:.2f}, driving images {p_drv:.2f}; "
+        f"precision@3 of each top neuron's driving images {np.round(top3, 2).tolist()}"
+    )
+    assert p_out >= 0.8 and p_drv >= 0.8 and np.mean(top3) >= 0.8
+
+
+def test_planted_quality_problems_get_their_flags(ref, tmp_path):
+    rng = np.random.default_rng(11)
+    src = tmp_path / "night"
+    for i in range(20):
+        _save(src, f"ok_{i:02d}.png", _texture(rng))
+    base = _texture(rng)
+    _save(src, "dark.png", (base * 0.15).astype(np.uint8))
+    _save(src, "blurry.png", np.asarray(Image.fromarray(_texture(rng)).filter(ImageFilter.GaussianBlur(4))))
+    _save(src, "gray.png", np.repeat(_texture(rng)[..., 1:2], 3, axis=2))
+    _save(src, "tiny.png", _texture(rng, size=64)[:8, :8])
+    _save(src, "wide.png", np.asarray(Image.fromarray(_texture(rng)).resize((160, 40))))
+    dup = _texture(rng)
+    _save(src, "dup_a.png", dup)
+    _save(src, "dup_b.png", dup)
+    ref_img = np.asarray(Image.open(ref / ".." / "ref_src" / "r005.png").convert("RGB"))
+    _save(src, "copy_of_ref.jpg", ref_img)  # re-encoded as JPEG: a near, not exact, copy
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    res = check(
+        src,
+        ref,
+        tmp_path / "out",
+        resamples=99,
+        report=False,
+        fail_on=["dark>0", "duplicates_reference>0"],
+        **KW,
+    )
+    rows = {r["id"]: r for r in _rows(tmp_path / "out")}
+    assert "dark" in rows["dark.png"]["flags"]
+    assert "blurry" in rows["blurry.png"]["flags"]
+    assert "grayscale" in rows["gray.png"]["flags"]
+    assert "odd_size" in rows["tiny.png"]["flags"]
+    assert "odd_aspect_ratio" in rows["wide.png"]["flags"]
+    assert rows["dup_b.png"]["duplicate_of"] == "dup_a.png" and "duplicate" in rows["dup_b.png"]["flags"]
+    assert rows["copy_of_ref.jpg"]["duplicate_of_reference"] == "r005.png"
+    assert rows["broken.png"]["status"] == "failed" and rows["broken.png"]["error"]
+    ok = [r for r in rows.values() if r["status"] == "ok" and r["id"].startswith("ok_")]
+    assert sum("dark" in r["flags"] for r in ok) <= 1  # the percentile threshold spares the normal images
+    c = res.counts
+    assert c["images_in"] == len(rows) == c["processed"] + c["failed"] and c["failed"] == 1
+    assert c["duplicates"] == 1 and c["duplicates_reference"] == 1 and c["flags"]["grayscale"] >= 1
+    assert res.verdict == "fail" and [r["fails"] for r in res.rules] == [True, True]
+
+
+def _strip(summary: dict) -> dict:
+    s = json.loads(json.dumps(summary))
+    s.pop("created"), s.pop("out_dir")
+    return s
+
+
+def test_resume_after_a_partial_check_equals_a_clean_check(ref, tmp_path):
+    src = _night(tmp_path / "src", 300, n=40)
+    clean = check(src, ref, tmp_path / "clean", resamples=99, report=False, **KW)
+    assert check(src, ref, tmp_path / "night", resamples=99, report=False, max_shards=1, **KW) is None
+    assert not (tmp_path / "night" / "summary.json").exists()
+    resumed = check(src, ref, tmp_path / "night", resamples=99, report=False, **KW)
+    assert _strip(resumed.to_dict()) == _strip(clean.to_dict())
+    a, b = (
+        pq.read_table(tmp_path / "clean" / "flags.parquet"),
+        pq.read_table(tmp_path / "night" / "flags.parquet"),
+    )
+    assert a.equals(b)
+
+
+def test_update_reference_merges_once(ref, tmp_path):
+    mine = tmp_path / "REF"
+    shutil.copytree(ref, mine)
+    before = json.loads((mine / "reference.json").read_text())
+    res = check(
+        _night(tmp_path / "src", 400), mine, tmp_path / "night", resamples=99, report=False, update=True, **KW
+    )
+    assert res.verdict == "pass"
+    after = json.loads((mine / "reference.json").read_text())
+    assert after["images"] == before["images"] + NIGHT and len(after["nights"]) == 1
+    assert after["state"] != before["state"] and not (mine / before["state"]).exists()
+    from neuroprint.check import Reference
+
+    r = Reference.open(mine)
+    assert r.vdna(r.hist_name).num_images == before["images"] + NIGHT
+    assert r.images().num_rows == before["images"] + NIGHT
+    assert r.pool()["ids"].size == 64  # the pool keeps its size: the smallest sha256 ids of both sets
+    with pytest.raises(CheckError, match="already merged"):
+        update_reference(mine, tmp_path / "night")
+    assert json.loads((mine / "reference.json").read_text()) == after  # nothing changed
+
+
+def test_bad_references_nights_and_histories_are_one_clear_error(ref, tmp_path):
+    night = _night(tmp_path / "src", 500, n=8)
+    with pytest.raises(CheckError, match="does not exist"):
+        check(night, tmp_path / "nope", tmp_path / "o1", **KW)
+    half = tmp_path / "half"
+    shutil.copytree(ref, half)
+    (half / "reference.json").unlink()
+    with pytest.raises(CheckError, match="not a finished check reference"):
+        check(night, half, tmp_path / "o2", **KW)
+    altered = tmp_path / "altered"
+    shutil.copytree(ref, altered)
+    meta = json.loads((altered / "reference.json").read_text())
+    (altered / meta["state"] / "pool.npz").write_bytes(b"garbage")
+    with pytest.raises(CheckError, match="pool.npz"):
+        check(night, altered, tmp_path / "o3", **KW)
+    with pytest.raises(CheckError, match="extractor"):
+        check(night, ref, tmp_path / "o4", extractor="timm:resnet18", **KW)
+    with pytest.raises(CheckError, match="weights"):
+        check(night, ref, tmp_path / "o5", weights="default", **KW)
+    hist = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1]}), hist)
+    raw = hist.read_bytes()
+    with pytest.raises(CheckError, match="another schema"):
+        check(night, ref, tmp_path / "o6", history=hist, **KW)
+    assert hist.read_bytes() == raw and not (tmp_path / "o6").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="(?i)no image|empty"):
+        check(tmp_path / "empty", ref, tmp_path / "o7", **KW)
+
+
+def _cli(*args) -> int:
+    return main(
+        ["check", *map(str, args), "--device", "cpu", "--batch-size", "16", "--num-workers", "2", "-q"]
+    )
+
+
+def test_cli_exit_codes_history_and_report(ref, tmp_path, capsys):
+    hist = tmp_path / "history.parquet"
+    ok = _night(tmp_path / "ok", 600)
+    assert (
+        _cli(ok, "--reference", ref, "--out-dir", tmp_path / "n1", "--history", hist, "--resamples", "99")
+        == 0
+    )
+    src, _ = _planted(tmp_path / "bad", 8)
+    code = _cli(
+        src,
+        "--reference",
+        ref,
+        "--out-dir",
+        tmp_path / "n2",
+        "--history",
+        hist,
+        "--resamples",
+        "99",
+        "--fail-on",
+        "dark>2%",
+    )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "rule dark>2% fails" in out
+    table = pq.read_table(hist).to_pylist()
+    assert [r["verdict"] for r in table] == ["pass", "fail"] and table[1]["dark"] >= 3
+    # the same night again replaces its row
+    assert (
+        _cli(ok, "--reference", ref, "--out-dir", tmp_path / "n1", "--history", hist, "--resamples", "99")
+        == 0
+    )
+    assert len(pq.read_table(hist)) == 2
+    assert (tmp_path / "n2" / "report.html").stat().st_size > 10_000
+    assert _cli(ok, "--reference", ref, "--out-dir", tmp_path / "n3", "--fail-on", "dork>1") == 2
+    assert _cli(ok, "--out-dir", tmp_path / "n4") == 2
+    assert _cli(tmp_path / "missing", "--reference", ref, "--out-dir", tmp_path / "n5") == 2
+    err = capsys.readouterr().err
+    assert err.count("neuroprint check: error:") == 3 and "Traceback" not in err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_opens_in_headless_chromium_and_shows_the_summary(ref, tmp_path):
+    import html.parser
+
+    src, _ = _planted(tmp_path / "night_src", 9)
+    hist = tmp_path / "h.parquet"
+    check(_night(tmp_path / "prev", 700), ref, tmp_path / "prev_night", history=hist, resamples=99, **KW)
+    res = check(src, ref, tmp_path / "night", history=hist, resamples=99, **KW)
+    page = tmp_path / "night" / "report.html"
+    body = page.read_text()
+    # self-contained: nothing to fetch (images are data: URIs, no scripts or styles from elsewhere)
+    assert not re.search(r"(src|href)=[\"']?(https?:|//)|url\(\s*['\"]?https?:|@import", body)
+    run = subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'ud'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    dom = run.stdout
+
+    class Grab(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.values, self.images = {}, None
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "body":
+                self.images = a.get("data-images")
+            if "data-k" in a:
+                self.values.setdefault(a["data-k"], a["data-v"])
+
+    g = Grab()
+    g.feed(dom)
+    loaded, total = map(int, g.images.split("/"))
+    assert total > 20 and loaded == total  # every thumbnail decoded
+    assert dom.count("<svg") >= 4  # drift bars (EMD, FD), neuron histograms, trend
+    s = json.loads((tmp_path / "night" / "summary.json").read_text())
+
+    def get(key):
+        v = s
+        for part in key.split("."):
+            v = v[int(part)] if isinstance(v, list) else v[part]
+        return v
+
+    assert len(g.values) > 30
+    for key, shown in g.values.items():
+        want = get(key)
+        if isinstance(want, str):
+            assert shown == want, key
+        else:
+            assert float(shown) == pytest.approx(want, rel=1e-12), key
+    assert g.values["verdict"] == res.verdict == "fail"
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'ud2'}",
+            "--window-size=1280,2400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 10_000
