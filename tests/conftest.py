@@ -105,3 +105,24 @@ def image_sets(tmp_path_factory):
         "odd": odd,
         "bad": bad,
     }
+
+
+def kill_after_first_shard(args: list, env: dict, manifest: Path, timeout: float = 120) -> dict:
+    """Start the command ``args``, SIGKILL it once ``manifest`` lists a finished shard; the manifest then."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(manifest.read_text())["finished"]:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads(manifest.read_text())

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from agreement import LEVEL_BITWISE, LEVEL_FLOAT32_FILE, LEVEL_MERGE_ORDER, assert_vdnas_agree
-from conftest import TINY
+from conftest import TINY, kill_after_first_shard
 
 from neuroprint import load_vdna_from_files, open_source, profile
 from neuroprint.jobs import JobError, run_job
@@ -115,19 +113,7 @@ def test_sigkill_mid_job_then_rerun(image_sets, job_ranges, tmp_path):
     args = [exe, "profile", str(src), "--out-dir", str(tmp_path / "job"), "-d", "histogram-40", "--ranges", str(job_ranges),
             "--extractor", TINY, "--weights", "random", "--device", "cpu", "--batch-size", "1", "--shard-size", "1", "-q"]  # fmt: skip
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    manifest = tmp_path / "job" / "manifest.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if json.loads(manifest.read_text())["finished"]:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    state = json.loads(manifest.read_text())
+    state = kill_after_first_shard(args, env, tmp_path / "job" / "manifest.json")
     assert not state["complete"] and 0 < len(state["finished"]) < 40, "the kill came too late to test a crash"
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -530,7 +530,7 @@ def check(
     ray_address. Returns None while shards are left (max_shards).
     """
     from ..io.sources import open_source
-    from ..jobs.builtin import Distributions, Hashes, References
+    from ..jobs.builtin import Distributions, Hashes
 
     rules = [parse_rule(r) for r in (DEFAULT_RULES if fail_on is None else fail_on)]
     if not 0 < float(percentile) < 50:
@@ -552,7 +552,6 @@ def check(
     bins = int(ref.meta["bins"])
     parts = [
         Distributions([ref.hist_name, "layer-gaussian"], ref.path / "ranges.json"),
-        References({"reference": ref_hist}),
         Hashes(HASHES),
         Quality(),
         NeuronPool(
@@ -560,6 +559,7 @@ def check(
             means="all",
             bins=bins,
             file="neurons.npz",
+            reference={k: ref_hist.data[k].numpy() for k in ref.meta["layers"]},
         ),
     ]
     m = ref.meta

@@ -17,6 +17,11 @@ computes the same statistics. p = (1 + #{T* >= T}) / (1 + resamples). The family
 each layer's EMD and FD) is summarised by a max-statistic p: every statistic is standardised by its null
 (z), and the night's largest z is compared with the largest z of each draw, so the one ``drift`` p needs
 no Bonferroni factor and stays exact under the null.
+
+Cost: resamples x pool x neurons x bins for the histograms (a matmul) and, per layer of d neurons,
+resamples x k^3 for FD (k = min(distinct images of a draw, d): the spectrum of S1 S2 is read off a
+k x k matrix when a draw has fewer distinct images than neurons). It does not depend on the reference's
+size or shards. ``device`` runs it on a GPU (the draws are made on the host, so the null is the same).
 """
 
 from __future__ import annotations
@@ -49,17 +54,39 @@ class NeuronPool(Part):
     name = "neuron_pool"
     needs = frozenset({"features"})
 
-    def __init__(self, pool=(), *, means: str = "pool", bins: int = 0, file: str = "pool.npz"):
+    def __init__(
+        self, pool=(), *, means: str = "pool", bins: int = 0, file: str = "pool.npz", reference=None
+    ):
         if means not in ("pool", "all"):
             raise ValueError(f"means must be 'pool' or 'all', got {means!r}")
         self.pool = sorted(set(pool))
         self.means, self.bins, self.file = means, int(bins), file
+        # {layer: int64 counts [C, bins]}: adds each image's EMD to it (mean over neurons) as emd:reference,
+        # from the image's own histograms (the numbers of neuroprint.score_images, at a fraction of the cost)
+        self.reference = None if reference is None else {k: np.asarray(v) for k, v in reference.items()}
 
     def settings(self) -> dict:
         digest = hashlib.sha256("\n".join(self.pool).encode()).hexdigest()
+        ref = None
+        if self.reference is not None:
+            h = hashlib.sha256()
+            for k, v in self.reference.items():
+                h.update(k.encode() + b"\0" + np.ascontiguousarray(v, dtype=np.int64).tobytes())
+            ref = h.hexdigest()
         return {
-            "neuron_pool": {"pool_sha256": digest, "means": self.means, "bins": self.bins, "file": self.file}
+            "neuron_pool": {
+                "pool_sha256": digest,
+                "means": self.means,
+                "bins": self.bins,
+                "file": self.file,
+                "reference_sha256": ref,
+            }
         }
+
+    def fields(self) -> list:
+        import pyarrow as pa
+
+        return [] if self.reference is None else [("emd:reference", pa.float64())]
 
     def prepare(self, job) -> None:
         import json
@@ -74,6 +101,10 @@ class NeuronPool(Part):
         from neuroprint.kernels.histogram import norm_params
 
         self._pool = set(self.pool)
+        self._ref_cdf = None
+        if self.reference is not None:
+            ref = torch.cat([torch.as_tensor(self.reference[k]) for k in self._layers]).double()
+            self._ref_cdf = torch.cumsum(ref / ref.sum(1, keepdim=True).clamp(min=1), 1).to(worker.dev)
         self._params = {}
         for layer in self._layers:
             m, s = norm_params(self.ranges.mins[layer], self.ranges.maxs[layer])
@@ -91,16 +122,25 @@ class NeuronPool(Part):
             m = torch.cat([feats[k].index_select(0, idx).float().mean(dim=1) for k in self._layers], dim=1)
             self._means.append(m.cpu().numpy().astype(np.float32))
             self._ids.extend(batch.items[i].id for i in keep)
+        emd = []
         for i, it in enumerate(batch.items):
-            if it.id not in self._pool:
+            if it.id not in self._pool and self._ref_cdf is None:
                 continue
-            h = [neuron_histogram(feats[k][i : i + 1], *self._params[k], self.bins) for k in self._layers]
-            c = torch.cat(h).cpu().numpy()
-            if c.max(initial=0) > np.iinfo(np.uint16).max:
-                raise ValueError("a feature map has more than 65535 positions: uint16 pool counts overflow")
-            self._hists.append(c.astype(np.uint16))
-            self._pool_ids.append(it.id)
-        return {}
+            hc = torch.cat(
+                [neuron_histogram(feats[k][i : i + 1], *self._params[k], self.bins) for k in self._layers]
+            )
+            if self._ref_cdf is not None:
+                cdf = torch.cumsum(hc.double() / hc.sum(1, keepdim=True).clamp(min=1), 1)
+                emd.append(float((cdf - self._ref_cdf).abs().sum(1).mean()))
+            if it.id in self._pool:
+                c = hc.cpu().numpy()
+                if c.max(initial=0) > np.iinfo(np.uint16).max:
+                    raise ValueError(
+                        "a feature map has more than 65535 positions: uint16 pool counts overflow"
+                    )
+                self._hists.append(c.astype(np.uint16))
+                self._pool_ids.append(it.id)
+        return {} if self._ref_cdf is None else {"emd:reference": emd}
 
     def shard_state(self) -> dict:
         f = sum(self._layers.values())
@@ -218,6 +258,27 @@ def _fd_batched(mu1, s1, mu2, s2) -> torch.Tensor:
     )
 
 
+def _fd_sampled(w: torch.Tensor, x: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """FD between the Gaussians of weighted samples of the rows x [P, d] (weights w [R, P], integer
+    counts) and Gaussians (mu2 [R, d], s2 [R, d, d]), for samples with fewer distinct rows than d.
+
+    The sample covariance is S1 = A^T A with A the k distinct rows, centred and scaled by
+    sqrt(w / (n - 1)); the nonzero spectrum of S1 S2 is that of A S2 A^T (k x k), so
+    tr sqrt(S1 S2) = sum sqrt(eig(A S2 A^T)): k^3 instead of d^3 work, k <= min(n, P).
+    """
+    n = w.sum(1, keepdim=True)
+    mu1 = (w @ x) / n
+    k = int((w > 0).sum(1).max())
+    order = torch.argsort((w > 0).to(torch.int8), dim=1, descending=True, stable=True)[:, :k]  # distinct rows
+    wk = torch.gather(w, 1, order)
+    a = (x[order] - mu1[:, None, :]) * torch.sqrt(wk / (n - 1))[:, :, None]  # [R, k, d]; 0 rows for w = 0
+    m = a @ s2 @ a.transpose(-1, -2)
+    ev = torch.linalg.eigvalsh((m + m.transpose(-1, -2)) / 2).clamp(min=0)
+    tr1 = (a * a).sum((1, 2))
+    tr2 = torch.diagonal(s2, dim1=-2, dim2=-1).sum(-1)
+    return ((mu1 - mu2) ** 2).sum(-1) + tr1 + tr2 - 2 * ev.sqrt().sum(-1)
+
+
 def _pvalue(t: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
     """(1 + #{null >= t}) / (1 + R) along the first axis of null."""
     return (1 + (null >= t.unsqueeze(0)).sum(0)).double() / (1 + null.shape[0])
@@ -235,6 +296,7 @@ def drift_statistics(
     resamples: int = 500,
     seed: int = 0,
     chunk: int = 32,
+    device="cpu",
 ) -> dict:
     """The drift statistics, their nulls and p-values (see the module docstring).
 
@@ -267,24 +329,29 @@ def drift_statistics(
             for k in layers
         ]
     )
-    H = torch.as_tensor(pool["hists"].astype(np.float32)).reshape(P, -1)
-    M = torch.as_tensor(pool["means"]).double()
+    dev = torch.device(device)
+    H = torch.as_tensor(pool["hists"].astype(np.float32)).reshape(P, -1).to(dev)
+    M = torch.as_tensor(pool["means"]).double().to(dev)
     gen = np.random.default_rng(seed)
     null_neuron, null_fd = [], []
     for start in range(0, resamples, chunk):
         r = min(chunk, resamples - start)
-        wn = torch.as_tensor(gen.multinomial(n, np.full(P, 1.0 / P), size=r), dtype=torch.float64)
-        wN = torch.as_tensor(gen.multinomial(N, np.full(P, 1.0 / P), size=r), dtype=torch.float64)
+        # the draws come from numpy on the host: the same null on every device
+        wn = torch.as_tensor(gen.multinomial(n, np.full(P, 1.0 / P), size=r), dtype=torch.float64).to(dev)
+        wN = torch.as_tensor(gen.multinomial(N, np.full(P, 1.0 / P), size=r), dtype=torch.float64).to(dev)
         bn = (wn.float() @ H).double().reshape(r, -1, hn.shape[1])
         bN = (wN.float() @ H).double().reshape(r, -1, hn.shape[1])
-        null_neuron.append(_emd_rows(bn, bN))
+        null_neuron.append(_emd_rows(bn, bN).cpu())
         fds = []
         for i in range(len(layers)):
             x = M[:, bounds[i] : bounds[i + 1]]
-            mu_a, s_a = _gaussian(wn, x)
             mu_b, s_b = _gaussian(wN, x)
-            fds.append(_fd_batched(mu_a, s_a, mu_b, s_b))
-        null_fd.append(torch.stack(fds, dim=1))
+            if int((wn > 0).sum(1).max()) < x.shape[1]:  # fewer distinct images than neurons: k x k spectra
+                fds.append(_fd_sampled(wn, x, mu_b, s_b))
+            else:
+                mu_a, s_a = _gaussian(wn, x)
+                fds.append(_fd_batched(mu_a, s_a, mu_b, s_b))
+        null_fd.append(torch.stack(fds, dim=1).cpu())
     null_neuron = torch.cat(null_neuron)  # [R, F]
     null_fd = torch.cat(null_fd)  # [R, L]
     null_layer = torch.stack(

@@ -4,7 +4,7 @@ whose thresholds come from the reference's own distribution of the same statisti
 The statistics (all float32 columns but ``grayscale``, a bool; pixel values in [0, 1] unless said):
 
     brightness     mean perceived brightness sqrt(0.241 R^2 + 0.691 G^2 + 0.068 B^2) (cleanvision's formula)
-    contrast       standard deviation of the luma (0.299 R + 0.587 G + 0.114 B)
+    contrast       standard deviation of the 8-bit luma (77 R + 150 G + 29 B + 128) >> 8
     colourfulness  Hasler & Suesstrunk's M on rg = R - G, yb = (R + G) / 2 - B
     saturation     mean HSV saturation (max - min) / max
     laplacian_var  variance of the 4-neighbour Laplacian of the luma, in 8-bit units (low: blurry)
@@ -55,41 +55,69 @@ _SIZE_FLOOR = math.log(2.0)
 _CLIP_FLOOR = 0.05
 
 
+_SQ = {
+    c: (w * np.arange(256, dtype=np.float32) ** 2).astype(np.float32)
+    for c, w in zip("rgb", (0.241, 0.691, 0.068))
+}
+_idx = np.arange(256, dtype=np.float32)
+# saturation (max - min) / max of every (max, min) pair, indexed max * 256 + min
+_SAT = (
+    np.where(_idx[:, None] > 0, (_idx[:, None] - _idx[None, :]) / np.maximum(_idx[:, None], 1), 0)
+    .astype(np.float32)
+    .ravel()
+)
+
+
+def _moments(counts: np.ndarray, offset: int) -> tuple[float, float]:
+    """Mean and variance of integer values ``k - offset`` with ``counts[k]`` occurrences."""
+    v = np.arange(counts.size, dtype=np.float64) - offset
+    total = counts.sum()
+    mean = float((counts * v).sum() / total)
+    return mean, float((counts * (v - mean) ** 2).sum() / total)
+
+
 def quality_stats(img: np.ndarray) -> dict:
-    """The statistics above of one uint8 RGB image [H, W, 3], at its full resolution."""
+    """The statistics above of one uint8 RGB image [H, W, 3], at its full resolution.
+
+    Integer arithmetic and histograms wherever a statistic allows it (a few milliseconds for a
+    640x480 image): the luma is the 8-bit ITU-R 601 luma (77 R + 150 G + 29 B + 128) >> 8, on which the
+    contrast, entropy, clipping and Laplacian are computed, as OpenCV users compute them on a grayscale image.
+    """
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"quality statistics need a uint8 RGB image [H, W, 3], got {img.dtype} {img.shape}")
     h, w = img.shape[:2]
-    rgb = img.astype(np.float32)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    luma = 0.299 * r + 0.587 * g + 0.114 * b
-    bright = np.sqrt(0.241 * r * r + 0.691 * g * g + 0.068 * b * b)
-    rg, yb = r - g, 0.5 * (r + g) - b
-    colourful = math.sqrt(float(rg.var()) + float(yb.var())) + 0.3 * math.hypot(
-        float(rg.mean()), float(yb.mean())
-    )
-    hi, lo = img.max(axis=2), img.min(axis=2)
-    spread = (hi - lo).astype(np.float32)
-    sat = np.divide(spread, hi, out=np.zeros_like(spread), where=hi > 0)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    px = h * w
+    bright = np.sqrt(_SQ["r"][r] + _SQ["g"][g] + _SQ["b"][b])
+    r16, g16, b16 = r.astype(np.int16), g.astype(np.int16), b.astype(np.int16)
+    luma = ((77 * r16.astype(np.int32) + 150 * g16 + 29 * b16 + 128) >> 8).astype(np.uint8)
+    counts = np.bincount(luma.ravel(), minlength=256).astype(np.float64)
+    mean_l, var_l = _moments(counts, 0)
+    m_rg, v_rg = _moments(np.bincount((r16 - g16 + 255).ravel(), minlength=511), 255)
+    m_yb2, v_yb2 = _moments(np.bincount((r16 + g16 - 2 * b16 + 510).ravel(), minlength=1021), 510)
+    m_yb, v_yb = m_yb2 / 2, v_yb2 / 4  # yb = (R + G) / 2 - B
+    colourful = math.sqrt(v_rg + v_yb) + 0.3 * math.hypot(m_rg, m_yb)
+    hi, lo = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    spread = hi - lo
+    sat = _SAT[hi.astype(np.int32) * 256 + lo]
     if h >= 3 and w >= 3:
-        lap = 4 * luma[1:-1, 1:-1] - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
-        lap_var = float(lap.var())
+        l16 = luma.astype(np.int16)
+        lap = 4 * l16[1:-1, 1:-1] - l16[:-2, 1:-1] - l16[2:, 1:-1] - l16[1:-1, :-2] - l16[1:-1, 2:]
+        lap_var = _moments(np.bincount((lap + 1020).ravel(), minlength=2041), 1020)[1]
     else:
         lap_var = 0.0
-    luma8 = np.clip(luma + 0.5, 0, 255).astype(np.uint8)
-    counts = np.bincount(luma8.ravel(), minlength=256).astype(np.float64)
-    p = counts[counts > 0] / luma8.size
+    p = counts[counts > 0] / px
     return {
-        "brightness": float(bright.mean()) / 255.0,
-        "contrast": float(luma.std()) / 255.0,
+        "brightness": float(bright.mean(dtype=np.float64)) / 255.0,
+        "contrast": math.sqrt(var_l) / 255.0,
         "colourfulness": colourful / 255.0,
-        "saturation": float(sat.mean()),
+        "saturation": float(sat.mean(dtype=np.float64)),
         "laplacian_var": lap_var,
         "entropy": float(-(p * np.log2(p)).sum()),
         "aspect_ratio": w / h,
-        "grayscale": bool(spread.mean() < 2.0),
-        "dark_clip": float(counts[:6].sum()) / luma8.size,
-        "light_clip": float(counts[250:].sum()) / luma8.size,
+        "grayscale": bool(spread.mean(dtype=np.float64) < 2.0),
+        "dark_clip": float(counts[:6].sum()) / px,
+        "light_clip": float(counts[250:].sum()) / px,
     }
 
 
