@@ -47,7 +47,7 @@ def test_public_api_is_pinned():
         "EMD", "FD", "NFD", "VDNA", "DecodeError", "EmptySourceError", "IncompatibleVDNAError", "Item",
         "JobError", "JobResult", "NeuroprintError", "Ranges", "Recipe", "Source", "SourceError", "VDNAActivationRanges", "VDNAFileError",
         "VDNAGauss", "VDNAHist", "VDNALayerGauss", "VDNAProcessor", "WeightsError", "__version__",
-        "create_extractor", "dedup", "earth_movers_distance", "emd_matrix", "explain", "frechet_distance",
+        "check", "create_extractor", "dedup", "earth_movers_distance", "emd_matrix", "explain", "frechet_distance",
         "frechet_distance_1d", "fungi", "get_vdna", "kernels", "list_extractors", "load_ranges", "load_vdna_from_files", "load_vdna_from_hub", "open_source", "profile", "run_job", "score_images", "visualize",
     ]  # fmt: skip
     for name in npt.__all__:
