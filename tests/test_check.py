@@ -537,3 +537,25 @@ def test_the_checks_per_image_emd_equals_score_images(ref, tmp_path):
     a = pq.read_table(tmp_path / "a" / "rows").column("emd:reference").to_numpy()
     b = pq.read_table(tmp_path / "b" / "rows").column("emd:reference").to_numpy()
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["channels", "tokens"])
+def test_batched_per_image_histograms_equal_one_call_per_image(layout):
+    import torch
+
+    from neuroprint.check.drift import NeuronPool
+    from neuroprint.kernels.histogram import neuron_histogram, norm_params
+
+    g = torch.Generator().manual_seed(0)
+    b, c, p = 5, 7, 33
+    if layout == "channels":  # a CNN map [B, C, H, W] seen as [B, P, C]
+        x = torch.randn(b, c, 3, 11, generator=g).flatten(2).transpose(1, 2)
+    else:
+        x = torch.randn(b, p, c, generator=g)
+    part = NeuronPool([], means="all", bins=9)
+    part._layers = {"l": c}
+    mean, std = norm_params(np.full(c, -2.0), np.full(c, 2.5))
+    part._params = {"l": (mean, std)}
+    got = part._histograms({"l": x}, [0, 2, 3, 4, 1])
+    for r, i in enumerate([0, 2, 3, 4, 1]):
+        assert torch.equal(got[r], neuron_histogram(x[i : i + 1], mean, std, 9))

@@ -114,33 +114,45 @@ class NeuronPool(Part):
         self._ids, self._means, self._pool_ids, self._hists = [], [], [], []
 
     def columns(self, batch, feats) -> dict:
-        from neuroprint.kernels.histogram import neuron_histogram
-
         keep = [i for i, it in enumerate(batch.items) if self.means == "all" or it.id in self._pool]
         if keep:
             idx = torch.tensor(keep, device=next(iter(feats.values())).device)
             m = torch.cat([feats[k].index_select(0, idx).float().mean(dim=1) for k in self._layers], dim=1)
             self._means.append(m.cpu().numpy().astype(np.float32))
             self._ids.extend(batch.items[i].id for i in keep)
+        rows = [i for i, it in enumerate(batch.items) if self._ref_cdf is not None or it.id in self._pool]
         emd = []
-        for i, it in enumerate(batch.items):
-            if it.id not in self._pool and self._ref_cdf is None:
-                continue
-            hc = torch.cat(
-                [neuron_histogram(feats[k][i : i + 1], *self._params[k], self.bins) for k in self._layers]
-            )
+        if rows:
+            hc = self._histograms(feats, rows)  # [len(rows), neurons, bins]
             if self._ref_cdf is not None:
-                cdf = torch.cumsum(hc.double() / hc.sum(1, keepdim=True).clamp(min=1), 1)
-                emd.append(float((cdf - self._ref_cdf).abs().sum(1).mean()))
-            if it.id in self._pool:
-                c = hc.cpu().numpy()
-                if c.max(initial=0) > np.iinfo(np.uint16).max:
-                    raise ValueError(
-                        "a feature map has more than 65535 positions: uint16 pool counts overflow"
-                    )
-                self._hists.append(c.astype(np.uint16))
-                self._pool_ids.append(it.id)
+                cdf = torch.cumsum(hc.double() / hc.sum(2, keepdim=True).clamp(min=1), 2)
+                emd = (cdf - self._ref_cdf[None]).abs().sum(2).mean(1).cpu().tolist()
+            for r, i in enumerate(rows):
+                if batch.items[i].id in self._pool:
+                    c = hc[r].cpu().numpy()
+                    if c.max(initial=0) > np.iinfo(np.uint16).max:
+                        raise ValueError(
+                            "a feature map has more than 65535 positions: uint16 pool counts overflow"
+                        )
+                    self._hists.append(c.astype(np.uint16))
+                    self._pool_ids.append(batch.items[i].id)
         return {} if self._ref_cdf is None else {"emd:reference": emd}
+
+    def _histograms(self, feats, rows: list) -> torch.Tensor:
+        """Each image's own per-neuron histograms, int64 [len(rows), neurons, bins], in one kernel call
+        per layer: the images' channels become the channels of one image (the same binning, op by op)."""
+        from neuroprint.kernels.histogram import neuron_histogram
+
+        out = []
+        for k in self._layers:
+            x = feats[k]
+            if rows != list(range(x.shape[0])):
+                x = x[torch.as_tensor(rows, device=x.device)]
+            b, p, c = x.shape
+            xc = x.transpose(1, 2).reshape(1, b * c, p).transpose(1, 2)  # [1, P, B*C], channel-major
+            mean, std = self._params[k]
+            out.append(neuron_histogram(xc, mean.repeat(b), std.repeat(b), self.bins).view(b, c, self.bins))
+        return torch.cat(out, dim=1)
 
     def shard_state(self) -> dict:
         f = sum(self._layers.values())
