@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import NeuroprintError
+from ..jobs.job import _write_atomic
 from .drift import NeuronPool, drift_statistics, load_pool, merge_pools, pool_ids, pool_view, save_pool
 from .quality import FLAGS, QUALITY_COLUMNS, Quality, flag_images, thresholds_from
 
@@ -274,9 +275,7 @@ def _ok_images(rows_dir: Path, origin: str):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=_json_default)))
 
 
 def _json_default(o):
@@ -490,9 +489,7 @@ def _append_history(path: Path, row: dict) -> None:
     if old is not None:  # a rerun of the same night replaces its row
         keep = [i for i, s in enumerate(old["night_sha256"].to_pylist()) if s != row["night_sha256"]]
         new = pa.concat_tables([old.take(keep), new])
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(new, tmp)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: pq.write_table(new, tmp))
 
 
 def check(
@@ -788,9 +785,7 @@ def _analyse(
         per_row([int(x) if x <= 64 else None for x in near_d.tolist()], None), pa.int64()
     )
     table = pa.table(cols)
-    tmp = out / "flags.parquet.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out / "flags.parquet")
+    _write_atomic(out / "flags.parquet", lambda tmp: pq.write_table(table, tmp))
     counts = {
         "images_in": int(res.images_in),
         "processed": int(n),

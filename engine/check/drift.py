@@ -197,12 +197,9 @@ def pool_view(arrays: dict) -> dict:
 
 
 def save_pool(path, arrays: dict) -> None:
-    import os
+    from ..jobs.job import _savez, _write_atomic
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: _savez(tmp, arrays))
 
 
 def load_pool(path) -> dict:

@@ -311,6 +311,6 @@ def write_report(path, result, ref, night_dir, history=None, source=None) -> Non
         "for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}"
         "document.body.setAttribute('data-images',ok+'/'+im.length);});</script></body></html>"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(out), encoding="utf-8")
-    os.replace(tmp, path)
+    from ..jobs.job import _write_atomic
+
+    _write_atomic(path, lambda tmp: tmp.write_text("".join(out), encoding="utf-8"))
