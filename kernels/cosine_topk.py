@@ -235,12 +235,12 @@ if triton is not None:
                 ks = k0 + tl.arange(0, BLOCK_K)
                 kmask = ks < D
                 a = tl.load(
-                    q_ptr + rows[:, None].to(tl.int64) * sqm + ks[None, :] * sqd,
+                    q_ptr + rows[:, None].to(tl.int64) * sqm + ks[None, :].to(tl.int64) * sqd,
                     mask=rmask[:, None] & kmask[None, :],
                     other=0.0,
                 )
                 b = tl.load(
-                    d_ptr + cols[None, :].to(tl.int64) * sdn + ks[:, None] * sdd,
+                    d_ptr + cols[None, :].to(tl.int64) * sdn + ks[:, None].to(tl.int64) * sdd,
                     mask=cmask[None, :] & kmask[:, None],
                     other=0.0,
                 )
@@ -279,14 +279,23 @@ if triton is not None:
             top = tl.where(top == m[:, None], -9223372036854775807 - 1, top)
 
 
-def _blocks(k: int, dim: int, interpret: bool) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K): the running top-k holds BLOCK_M * next_pow2(k) int64 per program."""
+def _blocks(
+    k: int, dim: int, interpret: bool, dtype: torch.dtype = torch.float16
+) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): the running top-k holds BLOCK_M * next_pow2(k) int64 per
+    program and a block's keys BLOCK_M * BLOCK_N int64. Chosen so that no configuration spills on sm_90
+    or sm_80 (tests/test_kernel_aot.py): float32's full-precision products need half the query rows of
+    the 16-bit types at small k and a shorter K step, and 8 warps hold a 4,096-key top-k."""
     if interpret:  # the interpreter runs tiles as numpy arrays: small tiles keep the tests fast
-        return 16, 16, 16
+        return 16, 16, 16, 4
     k_pad = triton.next_power_of_2(k)
+    if dtype == torch.float32:  # full-precision products run on FMA units with both tiles in registers
+        block_m = 32 if k_pad <= 128 else 16
+        return block_m, 64, min(32, max(16, triton.next_power_of_2(dim))), 8
     block_m = 64 if k_pad <= 32 else 32 if k_pad <= 128 else 16
     block_k = 64 if dim >= 64 else max(16, triton.next_power_of_2(dim))
-    return block_m, 64, block_k
+    warps = 8 if block_m * k_pad >= 4096 else 4
+    return block_m, 64, block_k, warps
 
 
 MAX_KERNEL_K = 256
@@ -306,18 +315,60 @@ def triton_cosine_topk(
     if nq == 0 or nd == 0:
         return out
     rq, rd = inverse_norms(query).contiguous(), inverse_norms(database).contiguous()
+    # Rows must be contiguous: a strided inner dimension defeats vector loads and spilled 334 bytes per
+    # thread on sm_90 (and thousands on sm_80); one copy costs less than that on every tile.
+    if query.stride(1) != 1:
+        query = query.contiguous()
+    if database.stride(1) != 1:
+        database = database.contiguous()
+    plan = plan_cosine_topk(
+        nq,
+        nd,
+        query.shape[1],
+        k,
+        query.dtype,
+        query_offset != NO_SELF,
+        query.stride(),
+        database.stride(),
+        0 if query_offset == NO_SELF else query_offset,
+    )
+    plan(q_ptr=query, d_ptr=database, rq_ptr=rq, rd_ptr=rd, out_ptr=out)
+    return out
+
+
+def plan_cosine_topk(
+    nq: int,
+    nd: int,
+    dim: int,
+    k: int,
+    dtype: torch.dtype,
+    exclude: bool = False,
+    q_strides=None,
+    d_strides=None,
+    query_offset: int = 0,
+):
+    """The `Launch` of `triton_cosine_topk` (contiguous strides unless given)."""
     import os
 
+    from ._launch import Launch, extent
+
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    bm, bn, bk = _blocks(k, query.shape[1], interpret)
-    grid = (triton.cdiv(nq, bm),)
-    _cosine_topk_kernel[grid](
-        query, database, rq, rd, out, nq, nd, query.shape[1], *query.stride(), *database.stride(),
-        0 if query_offset == NO_SELF else query_offset, K=k, K_PAD=triton.next_power_of_2(k), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        IEEE=query.dtype == torch.float32 or interpret, UPCAST=interpret and query.dtype == torch.bfloat16,
-        EXCLUDE=query_offset != NO_SELF,
+    bm, bn, bk, warps = _blocks(k, dim, interpret, dtype)
+    qs, ds = q_strides or (dim, 1), d_strides or (dim, 1)
+    return Launch(
+        _cosine_topk_kernel,
+        grid=(triton.cdiv(nq, bm),),
+        pointers={"q_ptr": dtype, "d_ptr": dtype, "rq_ptr": torch.float32, "rd_ptr": torch.float32,
+                  "out_ptr": torch.int64},
+        extents={"q_ptr": extent((nq, dim), qs), "d_ptr": extent((nd, dim), ds), "rq_ptr": nq, "rd_ptr": nd,
+                 "out_ptr": nq * k},
+        scalars={"Nq": nq, "Nd": nd, "D": dim, "sqm": qs[0], "sqd": qs[1], "sdn": ds[0], "sdd": ds[1],
+                 "query_offset": query_offset},
+        constexprs={"K": k, "K_PAD": triton.next_power_of_2(k), "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
+                    "IEEE": dtype == torch.float32 or interpret,
+                    "UPCAST": interpret and dtype == torch.bfloat16, "EXCLUDE": bool(exclude)},
+        num_warps=warps,
     )  # fmt: skip
-    return out
 
 
 # -------------------------------------------------------------------------------------- custom op

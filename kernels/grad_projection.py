@@ -150,12 +150,12 @@ if triton is not None:
                 rows = r0 + tl.arange(0, BLOCK_R)
                 rmask = rows < R
                 gt = tl.load(
-                    g_ptr + b * sgb + rows[None, :].to(tl.int64) * sgr + offs_o[:, None] * sgd,
+                    g_ptr + b * sgb + rows[None, :].to(tl.int64) * sgr + offs_o[:, None].to(tl.int64) * sgd,
                     mask=omask[:, None] & rmask[None, :],
                     other=0.0,
                 )  # [BLOCK_O, BLOCK_R]
                 xt = tl.load(
-                    x_ptr + b * sxb + rows[:, None].to(tl.int64) * sxr + offs_i[None, :] * sxd,
+                    x_ptr + b * sxb + rows[:, None].to(tl.int64) * sxr + offs_i[None, :].to(tl.int64) * sxd,
                     mask=rmask[:, None] & (offs_i[None, :] < D_IN),
                     other=0.0,
                 )  # [BLOCK_R, BLOCK_I]
@@ -174,7 +174,7 @@ if triton is not None:
                 offs_e = e0 + tl.arange(0, BLOCK_E)
                 emask = offs_e < E
                 pt = tl.load(
-                    p_ptr + kidx[:, :, None] * spk + offs_e[None, None, :] * spe,
+                    p_ptr + kidx[:, :, None] * spk + offs_e[None, None, :].to(tl.int64) * spe,
                     mask=kmask[:, :, None] & emask[None, None, :],
                     other=0,
                 ).to(tl.float32)  # [BLOCK_O, BLOCK_I, BLOCK_E]
@@ -187,6 +187,44 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def plan_grad_projection(
+    b: int,
+    r: int,
+    d_in: int,
+    d_out: int,
+    e: int,
+    dtype: torch.dtype,
+    p_dtype: torch.dtype,
+    bias: bool = True,
+    x_strides=None,
+    g_strides=None,
+    p_strides=None,
+):
+    """The `Launch` of `triton_grad_projection` (contiguous strides unless given)."""
+    from ._launch import Launch, extent
+
+    block_o, block_i, block_r, block_e = 16, 32, 32, 16
+    k = d_in + int(bias)
+    xs = x_strides or (r * d_in, d_in, 1)
+    gs = g_strides or (r * d_out, d_out, 1)
+    ps = p_strides or (e, 1)
+    n_ob = max(1, triton.cdiv(d_out, block_o))
+    return Launch(
+        _grad_projection_kernel,
+        grid=(max(b, 1), n_ob),
+        pointers={"x_ptr": dtype, "g_ptr": dtype, "p_ptr": p_dtype, "part_ptr": torch.float32},
+        extents={"x_ptr": extent((b, r, d_in), xs), "g_ptr": extent((b, r, d_out), gs),
+                 "p_ptr": extent((d_out * k, e), ps), "part_ptr": b * n_ob * e},
+        scalars={"R": r, "D_IN": d_in, "D_OUT": d_out, "E": e, "sxb": xs[0], "sxr": xs[1], "sxd": xs[2],
+                 "sgb": gs[0], "sgr": gs[1], "sgd": gs[2], "spk": ps[0], "spe": ps[1]},
+        constexprs={"HAS_BIAS": int(bias), "IEEE": dtype == torch.float32,
+                    "UPCAST": dtype == torch.bfloat16 and _interpreted(),
+                    "BLOCK_R": block_r, "BLOCK_O": block_o, "BLOCK_I": block_i, "BLOCK_E": block_e},
+        # float32's full-precision products spill 12 bytes per thread at 4 warps on sm_90; 8 do not.
+        num_warps=8 if dtype == torch.float32 else 4,
+    )  # fmt: skip
+
+
 def triton_grad_projection(
     x: torch.Tensor, g: torch.Tensor, p: torch.Tensor, bias: bool = True
 ) -> torch.Tensor:
@@ -194,16 +232,13 @@ def triton_grad_projection(
     if triton is None:
         raise RuntimeError("Triton is not installed; use reference_grad_projection")
     b, r, d_in, d_out, e = _check(x, g, p, bias)
-    block_o, block_i, block_r, block_e = 16, 32, 32, 16
-    n_ob = max(1, triton.cdiv(d_out, block_o))
-    part = torch.zeros(b, n_ob, e, dtype=torch.float32, device=x.device)
+    plan = plan_grad_projection(
+        b, r, d_in, d_out, e, x.dtype, p.dtype, bias, x.stride(), g.stride(), p.stride()
+    )
+    part = torch.zeros(b, plan.grid[1], e, dtype=torch.float32, device=x.device)
     if b == 0 or e == 0 or d_out == 0:
         return part.sum(1)
-    _grad_projection_kernel[(b, n_ob)](
-        x, g, p, part, r, d_in, d_out, e, *x.stride(), *g.stride(), *p.stride(),
-        HAS_BIAS=int(bias), IEEE=x.dtype == torch.float32, UPCAST=x.dtype == torch.bfloat16 and _interpreted(),
-        BLOCK_R=block_r, BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_E=block_e,
-    )  # fmt: skip
+    plan(x_ptr=x, g_ptr=g, p_ptr=p, part_ptr=part)
     # A sum over a fixed number of partials in a fixed order: deterministic, unlike atomics.
     return part.sum(1)
 

@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 __all__ = [
+    "PRECISIONS",
     "RANGE_SCALE",
     "neuron_histogram",
     "norm_params",
@@ -45,6 +46,17 @@ RANGE_SCALE = 1.2
 
 # Elements binned per chunk: two reused buffers of 8 MB each.
 _CHUNK_ELEMENTS = 1 << 20
+
+# The normalisation's arithmetic: float64 (vdna's, exact parity; the default) or float32 (for bf16 / fp16
+# jobs, where vdna parity is not the point: half the registers and no fp64 units on the GPU). A value
+# lands in another bin only when it lies within a few float32 ulps of a bin edge.
+PRECISIONS = ("fp64", "fp32")
+
+
+def _precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"histogram precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
 
 
 def norm_params(mins, maxs, range_scale: float = RANGE_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +121,8 @@ def _buffer(name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -
 
 
 def _bin_chunk(chunk, xn, pos, mean, std, offsets, bins: int, counts: torch.Tensor) -> None:
-    """Bin one chunk into ``counts`` using the buffers ``xn`` (float64) and ``pos`` (int64) of its shape."""
+    """Bin one chunk into ``counts`` using the buffers ``xn`` (float64 or float32: the precision of the
+    normalisation, as ``mean`` and ``std``) and ``pos`` (int64) of its shape."""
     xn.copy_(chunk)
     xn.sub_(mean).div_(std).clamp_(-1.0, 1.0)
     nan = torch.isnan(xn)
@@ -121,7 +134,7 @@ def _bin_chunk(chunk, xn, pos, mean, std, offsets, bins: int, counts: torch.Tens
 
 
 def reference_neuron_histogram(
-    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int, precision: str = "fp64"
 ) -> torch.Tensor:
     """Plain torch reference: int64 counts [C, bins] of activations x ([B, P, C], [rows, C] or [B, C, H, W]).
 
@@ -129,13 +142,15 @@ def reference_neuron_histogram(
     temporaries cost more in page faults than the arithmetic), and in the memory order of the input:
     channel-major for CNN maps ([B, C, H*W] underneath), row-major for token layouts, so that the float64
     copy never transposes. The arithmetic is the formula above, op by op; ``* (bins / 2)`` equals
-    ``* bins / 2`` exactly (scaling by 0.5 is exact in binary).
+    ``* bins / 2`` exactly (scaling by 0.5 is exact in binary). ``precision="fp32"``: the same steps in
+    float32, from mean and std rounded to float32 (the kernel's fp32 path).
     """
     bpc = _check(x, mean, std, bins)
     B, P, C = bpc.shape
     device = bpc.device
-    mean = mean.to(device=device, dtype=torch.float64)
-    std = std.to(device=device, dtype=torch.float64)
+    work = torch.float64 if _precision(precision) == "fp64" else torch.float32
+    mean = mean.to(device=device, dtype=torch.float64).to(work)
+    std = std.to(device=device, dtype=torch.float64).to(work)
     offsets = torch.arange(C, device=device, dtype=torch.int64) * bins
     counts = torch.zeros(C * bins, dtype=torch.int64, device=device)
     if B * P * C == 0:
@@ -144,7 +159,7 @@ def reference_neuron_histogram(
         # Channel-major: each image is a contiguous [C, P] block.
         cbp = bpc.transpose(1, 2)
         step = max(1, min(B, _CHUNK_ELEMENTS // (C * P)))
-        xbuf = _buffer("x", (step, C, P), torch.float64, device)
+        xbuf = _buffer("x", (step, C, P), work, device)
         ibuf = _buffer("i", (step, C, P), torch.int64, device)
         m, s, o = mean.view(C, 1), std.view(C, 1), offsets.view(C, 1)
         for start in range(0, B, step):
@@ -153,7 +168,7 @@ def reference_neuron_histogram(
         return counts.view(C, bins)
     rows = bpc.reshape(-1, C)
     step = max(1, min(rows.shape[0], _CHUNK_ELEMENTS // C))
-    xbuf = _buffer("x", (step, C), torch.float64, device)
+    xbuf = _buffer("x", (step, C), work, device)
     ibuf = _buffer("i", (step, C), torch.int64, device)
     for start in range(0, rows.shape[0], step):
         n = min(step, rows.shape[0] - start)
@@ -166,10 +181,16 @@ def reference_neuron_histogram(
 if triton is not None:
 
     @triton.jit
-    def bin_tile(x, mean, std, mask, lc, NBINS: tl.constexpr, NB_PAD: tl.constexpr):
+    def bin_tile(
+        x, mean, std, mask, lc, NBINS: tl.constexpr, NB_PAD: tl.constexpr, FP64: tl.constexpr = True
+    ):
         """The binning rule on a [rows, BLOCK_C] tile: returns (index into BLOCK_C * NB_PAD on-chip
-        counts, whether the value counts). NaN and masked-out values do not count."""
-        xn = (x.to(tl.float64) - mean[None, :]) / std[None, :]
+        counts, whether the value counts). NaN and masked-out values do not count. ``mean`` and ``std``
+        come in the precision of the normalisation: float64 (FP64, vdna's) or float32."""
+        if FP64:
+            xn = (x.to(tl.float64) - mean[None, :]) / std[None, :]
+        else:
+            xn = (x.to(tl.float32) - mean[None, :]) / std[None, :]
         valid = mask & (xn == xn)
         xn = tl.minimum(tl.maximum(xn, -1.0), 1.0)
         pos = tl.minimum(((xn + 1.0) * NBINS / 2.0).to(tl.int32), NBINS - 1)
@@ -192,9 +213,10 @@ if triton is not None:
         NB_PAD: tl.constexpr,  # next power of two >= NBINS
         BLOCK_R: tl.constexpr,
         BLOCK_C: tl.constexpr,
+        FP64: tl.constexpr,  # normalise in float64 (vdna's arithmetic) or float32
     ):
         """counts[c, k] += #{r : bin(x[r, c]) == k} for the rows [pid_r * rows_per_prog, ...) and
-        channels [pid_c * BLOCK_C, ...), with bin() the rule of this module, computed in float64."""
+        channels [pid_c * BLOCK_C, ...), with bin() the rule of this module."""
         pid_r = tl.program_id(0)
         pid_c = tl.program_id(1)
         lc = tl.arange(0, BLOCK_C)
@@ -202,17 +224,20 @@ if triton is not None:
         cmask = cols < C
         mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
         std = tl.load(std_ptr + cols, mask=cmask, other=1.0)
+        if not FP64:
+            mean = mean.to(tl.float32)
+            std = std.to(tl.float32)
         acc = tl.zeros([BLOCK_C * NB_PAD], dtype=tl.int32)
         row_start = pid_r * rows_per_prog
         for r0 in range(row_start, row_start + rows_per_prog, BLOCK_R):
-            rows = r0 + tl.arange(0, BLOCK_R)
+            rows = r0 + tl.arange(0, BLOCK_R)  # R < 2**31: the launcher splits larger batches
             rmask = rows < R
             b = (rows // P).to(tl.int64)
             p = (rows % P).to(tl.int64)
             offs = b[:, None] * sb + p[:, None] * sp + cols[None, :].to(tl.int64) * sc
             m = rmask[:, None] & cmask[None, :]
             x = tl.load(x_ptr + offs, mask=m, other=0.0)
-            idx, valid = bin_tile(x, mean, std, m, lc, NBINS, NB_PAD)
+            idx, valid = bin_tile(x, mean, std, m, lc, NBINS, NB_PAD, FP64)
             acc += tl.histogram(
                 tl.reshape(idx, [BLOCK_R * BLOCK_C]),
                 BLOCK_C * NB_PAD,
@@ -237,8 +262,33 @@ def _blocks(rows: int, channels: int, bins: int) -> tuple[int, int, int]:
     return block_r, block_c, rows_per_prog
 
 
+_MAX_ROWS = 2**31 - 1
+
+
+def plan_neuron_histogram(shape, strides, dtype: torch.dtype, bins: int, precision: str = "fp64"):
+    """The `Launch` of `triton_neuron_histogram` for a [B, P, C] view of ``shape`` / ``strides``
+    (B * P < 2**31; `triton_neuron_histogram` splits larger batches)."""
+    from ._launch import Launch, LaunchError, extent
+
+    B, P, C = (int(v) for v in shape)
+    rows = B * P
+    if rows > _MAX_ROWS:
+        raise LaunchError(f"{rows} rows in one histogram launch; at most {_MAX_ROWS}")
+    block_r, block_c, rows_per_prog = _blocks(rows, C, bins)
+    return Launch(
+        _neuron_histogram_kernel,
+        grid=(triton.cdiv(rows, rows_per_prog), triton.cdiv(C, block_c)),
+        pointers={"x_ptr": dtype, "mean_ptr": torch.float64, "std_ptr": torch.float64, "out_ptr": torch.int64},
+        extents={"x_ptr": extent(shape, strides), "mean_ptr": C, "std_ptr": C, "out_ptr": C * bins},
+        scalars={"R": rows, "P": P, "C": C, "sb": strides[0], "sp": strides[1], "sc": strides[2],
+                 "rows_per_prog": rows_per_prog},
+        constexprs={"NBINS": bins, "NB_PAD": triton.next_power_of_2(bins), "BLOCK_R": block_r,
+                    "BLOCK_C": block_c, "FP64": _precision(precision) == "fp64"},
+    )  # fmt: skip
+
+
 def triton_neuron_histogram(
-    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int, precision: str = "fp64"
 ) -> torch.Tensor:
     """Launcher: int64 counts [C, bins] by the Triton kernel (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
     if triton is None:
@@ -248,17 +298,16 @@ def triton_neuron_histogram(
         raise TypeError(f"unsupported activation dtype {bpc.dtype}")
     B, P, C = bpc.shape
     out = torch.zeros(C, bins, dtype=torch.int64, device=bpc.device)
-    rows = B * P
-    if rows == 0 or C == 0:
+    if B * P == 0 or C == 0:
         return out
     mean = mean.to(device=bpc.device, dtype=torch.float64).contiguous()
     std = std.to(device=bpc.device, dtype=torch.float64).contiguous()
-    block_r, block_c, rows_per_prog = _blocks(rows, C, bins)
-    grid = (triton.cdiv(rows, rows_per_prog), triton.cdiv(C, block_c))
-    _neuron_histogram_kernel[grid](
-        bpc, mean, std, out, rows, P, C, *bpc.stride(), rows_per_prog,
-        NBINS=bins, NB_PAD=triton.next_power_of_2(bins), BLOCK_R=block_r, BLOCK_C=block_c,
-    )  # fmt: skip
+    # Row indices are 32-bit in the kernel (offsets are 64-bit): launch at most 2**31 - 1 rows at a time.
+    step = max(1, min(B, _MAX_ROWS // max(P, 1)))
+    for b0 in range(0, B, step):
+        part = bpc[b0 : b0 + step]
+        plan = plan_neuron_histogram(part.shape, part.stride(), part.dtype, bins, precision)
+        plan(x_ptr=part, mean_ptr=mean, std_ptr=std, out_ptr=out)
     return out
 
 
@@ -266,12 +315,14 @@ def triton_neuron_histogram(
 
 
 @torch.library.custom_op("neuroprint::neuron_histogram", mutates_args=())
-def _neuron_histogram_op(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int) -> torch.Tensor:
-    return reference_neuron_histogram(x, mean, std, bins)
+def _neuron_histogram_op(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int, precision: str
+) -> torch.Tensor:
+    return reference_neuron_histogram(x, mean, std, bins, precision)
 
 
 @_neuron_histogram_op.register_fake
-def _(x, mean, std, bins):
+def _(x, mean, std, bins, precision):
     channels = x.shape[1] if x.dim() == 4 else x.shape[-1]
     return x.new_empty((channels, bins), dtype=torch.int64)
 
@@ -279,8 +330,8 @@ def _(x, mean, std, bins):
 if triton is not None:
 
     @_neuron_histogram_op.register_kernel("cuda")
-    def _(x, mean, std, bins):
-        return triton_neuron_histogram(x, mean, std, bins)
+    def _(x, mean, std, bins, precision):
+        return triton_neuron_histogram(x, mean, std, bins, precision)
 
 
 def neuron_histogram(
@@ -289,16 +340,19 @@ def neuron_histogram(
     std: torch.Tensor,
     bins: int,
     out: torch.Tensor | None = None,
+    precision: str = "fp64",
 ) -> torch.Tensor:
     """Counts [C, bins] (int64) of every neuron of one layer; added into ``out`` when given.
 
     x: [B, P, C], [rows, C] or [B, C, H, W] (any strides) in fp32/fp16/bf16/fp64; mean, std: float64 [C]
-    from `norm_params`. Runs the Triton kernel on CUDA, the torch reference elsewhere.
+    from `norm_params`; precision: the normalisation's arithmetic (`PRECISIONS`: "fp64", vdna's, or
+    "fp32"). Runs the Triton kernel on CUDA, the torch reference elsewhere.
     """
     _check(x, mean, std, bins)
+    _precision(precision)
     mean = mean.to(device=x.device, dtype=torch.float64)
     std = std.to(device=x.device, dtype=torch.float64)
-    counts = _neuron_histogram_op(x, mean, std, bins)
+    counts = _neuron_histogram_op(x, mean, std, bins, precision)
     if out is None:
         return counts
     if out.shape != counts.shape or out.dtype != torch.int64:

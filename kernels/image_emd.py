@@ -147,15 +147,29 @@ def triton_per_image_emd(
     cdf = reference_cdf(ref_counts.to(dev)).contiguous()
     mean = mean.to(device=dev, dtype=torch.float64).contiguous()
     std = std.to(device=dev, dtype=torch.float64).contiguous()
+    plan = plan_per_image_emd(bpc.shape, bpc.stride(), bpc.dtype, bins)
+    plan(x_ptr=bpc, mean_ptr=mean, std_ptr=std, cdf_ptr=cdf, out_ptr=out)
+    return out
+
+
+def plan_per_image_emd(shape, strides, dtype: torch.dtype, bins: int):
+    """The `Launch` of `triton_per_image_emd` for a [B, P, C] view of ``shape`` / ``strides``."""
+    from ._launch import Launch, extent
+
+    B, P, C = (int(v) for v in shape)
     nb_pad = triton.next_power_of_2(bins)
     block_c = max(1, min(triton.next_power_of_2(C), 8192 // nb_pad, 16))
     block_p = max(16, min(128, triton.next_power_of_2(max(P, 1)), 4096 // block_c))
-    grid = (B, triton.cdiv(C, block_c))
-    _per_image_emd_kernel[grid](
-        bpc, mean, std, cdf, out, P, C, *bpc.stride(),
-        NBINS=bins, NB_PAD=nb_pad, BLOCK_P=block_p, BLOCK_C=block_c,
+    return Launch(
+        _per_image_emd_kernel,
+        grid=(B, triton.cdiv(C, block_c)),
+        pointers={"x_ptr": dtype, "mean_ptr": torch.float64, "std_ptr": torch.float64,
+                  "cdf_ptr": torch.float64, "out_ptr": torch.float64},
+        extents={"x_ptr": extent(shape, strides), "mean_ptr": C, "std_ptr": C, "cdf_ptr": C * bins,
+                 "out_ptr": B * C},
+        scalars={"P": P, "C": C, "sb": strides[0], "sp": strides[1], "sc": strides[2]},
+        constexprs={"NBINS": bins, "NB_PAD": nb_pad, "BLOCK_P": block_p, "BLOCK_C": block_c},
     )  # fmt: skip
-    return out
 
 
 @torch.library.custom_op("neuroprint::per_image_emd", mutates_args=())

@@ -161,3 +161,57 @@ def test_reference_workspace_survives_inference_mode_switches():
     with torch.inference_mode():
         c = kh.reference_neuron_histogram(x, mean, std, 7)
     assert torch.equal(a, b) and torch.equal(b, c)
+
+
+# ------------------------------------------------------------------ float32 normalisation (precision)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,bins", [((3, 13, 7), 17), ((1, 37, 33), 1000), ((4, 9, 1), 2)])
+def test_fp32_kernel_equals_fp32_reference(dtype, shape, bins):
+    """The float32 path: kernel and reference take the same IEEE steps (subtract, divide, clamp, add,
+    scale, truncate), so the counts are equal, special values included."""
+    c = shape[-1]
+    mins, maxs = _ranges(c, seed=2)
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(4)) * 3).double()
+    x = _special_values(x, mins, maxs, bins).to(dtype).to(DEVICE)
+    mean, std = kh.norm_params(mins, maxs)
+    got = kh.triton_neuron_histogram(x, mean, std, bins, precision="fp32")
+    want = kh.reference_neuron_histogram(x.cpu(), mean, std, bins, precision="fp32")
+    assert torch.equal(got.cpu(), want)
+    assert torch.equal(kh.neuron_histogram(x.cpu(), mean, std, bins, precision="fp32"), want)
+
+
+@pytest.mark.parametrize("bins", [64, 1000])
+def test_fp32_counts_move_only_values_within_rounding_of_a_bin_edge(bins):
+    """fp32 vs fp64 normalisation on 240k activations: a value may change bin only where its exact
+    (float64) position lies within the float32 rounding bound of a bin edge, so the counts moved are at
+    most the number of such values; the bound per value is 2**-23 * N/2 * ((|x| + 2|mean|) / std + 4)
+    (each of the five float32 roundings, twice over)."""
+    g = torch.Generator().manual_seed(7)
+    c = 12
+    mins, maxs = _ranges(c, seed=5)
+    mean, std = kh.norm_params(mins, maxs)
+    x = (torch.rand(20000, c, generator=g) * 1.4 - 0.2) * torch.from_numpy(1.2 * (maxs - mins)).float()
+    x = (x + torch.from_numpy(1.2 * mins).float()).contiguous()
+    # Plant values exactly on float64 bin edges, the hardest case.
+    edges = [np.linspace(1.2 * mins[j], 1.2 * maxs[j], bins + 1) for j in range(c)]
+    for j in range(c):
+        x[: bins + 1, j] = torch.from_numpy(edges[j]).float()
+    exact = kh.reference_neuron_histogram(x, mean, std, bins)
+    fast = kh.reference_neuron_histogram(x, mean, std, bins, precision="fp32")
+    assert torch.equal(exact.sum(1), fast.sum(1))  # every value still counted once
+    moved = (exact - fast).abs().sum(1) // 2
+    xd, m, s = x.double().numpy(), mean.numpy(), std.numpy()
+    pos = ((xd - m) / s + 1) * bins / 2  # unclamped: values far outside the range cannot move
+    delta = 2.0**-23 * bins / 2 * ((np.abs(xd) + 2 * np.abs(m)) / s + 4)
+    near = ((np.abs(pos - np.round(pos)) <= delta) & (pos > -delta) & (pos < bins + delta)).sum(0)
+    assert (moved.numpy() <= near).all(), (moved, near)
+    assert int(moved.sum()) <= 0.05 * x.numel()  # mostly the planted edge values
+    print(f"bins={bins}: {int(moved.sum())} of {x.numel()} values moved bin (bound {int(near.sum())})")
+
+
+def test_precision_is_checked():
+    mean, std = kh.norm_params(np.zeros(2), np.ones(2))
+    with pytest.raises(ValueError, match="precision"):
+        kh.neuron_histogram(torch.zeros(3, 2), mean, std, 4, precision="fp16")
