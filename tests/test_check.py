@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import TINY, kill_after_first_shard
 from PIL import Image, ImageFilter
 
@@ -559,3 +560,49 @@ def test_batched_per_image_histograms_equal_one_call_per_image(layout):
     got = part._histograms({"l": x}, [0, 2, 3, 4, 1])
     for r, i in enumerate([0, 2, 3, 4, 1]):
         assert torch.equal(got[r], neuron_histogram(x[i : i + 1], mean, std, 9))
+
+
+def test_fd_null_from_the_gram_matrix_equals_the_covariance_route():
+    """`_fd_gram` (P x P work per draw) equals FD of the weighted samples' Gaussians computed from d x d
+    covariances: to float64 rounding where the covariances have full rank (d < P), and within the
+    d x d route's own error (square roots of eigenvalues that are zero in exact arithmetic: about
+    sqrt(eps) relative) where they do not."""
+    from neuroprint.check.drift import _fd_batched, _fd_gram
+
+    def gaussian(w, x):
+        n = w.sum(1, keepdim=True)
+        mu = (w @ x) / n
+        xc = x[None] - mu[:, None]
+        return mu, torch.einsum("rp,rpi,rpj->rij", w, xc, xc) / (n[:, :, None] - 1)
+
+    g = np.random.default_rng(0)
+    cases = (
+        (64, 16, 200, 90, 1e-10),
+        (50, 4, 100, 1000, 1e-10),
+        (40, 39, 40, 41, 1e-5),
+        (64, 300, 30, 2560, 1e-5),
+    )
+    for P, d, n, N, rtol in cases:
+        x = torch.as_tensor(g.normal(size=(P, d)) * 3 + 5)
+        wa = torch.as_tensor(g.multinomial(n, np.full(P, 1 / P), size=5), dtype=torch.float64)
+        wb = torch.as_tensor(g.multinomial(N, np.full(P, 1 / P), size=5), dtype=torch.float64)
+        xc = x - x.mean(0)
+        got = _fd_gram(wa, wb, xc @ xc.T)
+        want = _fd_batched(*gaussian(wa, x), *gaussian(wb, x))
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+    # identical weights: distance zero
+    same = _fd_gram(wa, wa, xc @ xc.T)
+    assert float(same.abs().max()) <= 1e-9 * float(want.abs().max())
+
+
+def test_hashes_part_without_sharpness_keeps_the_hashes_and_earlier_settings():
+    from neuroprint.jobs.builtin import Hashes
+
+    img = np.asarray(Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), np.uint8)))
+    full, lean = Hashes(("phash", "dhash")), Hashes(("phash", "dhash"), sharpness=False)
+    assert full.settings() == {"hashes": ["phash", "dhash"]}  # the settings (and digests) of earlier jobs
+    assert lean.settings() == {"hashes": ["phash", "dhash"], "sharpness": False}
+    a, b = full.per_image(img), lean.per_image(img)
+    assert b == {"phash": a["phash"], "dhash": a["dhash"]} and "sharpness" in a
+    assert [f[0] for f in lean.fields()] == ["phash", "dhash"]
+    assert [f[0] for f in full.fields()] == ["phash", "dhash", "sharpness"]

@@ -237,15 +237,6 @@ def _emd_rows(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(p1 - p2, dim=-1).abs().sum(-1)
 
 
-def _gaussian(w: torch.Tensor, x: torch.Tensor):
-    """Weighted mean and covariance (correction 1) of rows x [P, d] under integer weights w [R, P]."""
-    n = w.sum(1, keepdim=True)
-    mu = (w @ x) / n
-    second = torch.einsum("rp,pi,pj->rij", w, x, x)
-    sigma = (second - n[:, :, None] * mu[:, :, None] * mu[:, None, :]) / (n[:, :, None] - 1)
-    return mu, sigma
-
-
 def _sqrtm_psd(s: torch.Tensor) -> torch.Tensor:
     w, v = torch.linalg.eigh(s)
     return (v * w.clamp(min=0).sqrt()[..., None, :]) @ v.transpose(-1, -2)
@@ -267,25 +258,28 @@ def _fd_batched(mu1, s1, mu2, s2) -> torch.Tensor:
     )
 
 
-def _fd_sampled(w: torch.Tensor, x: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-    """FD between the Gaussians of weighted samples of the rows x [P, d] (weights w [R, P], integer
-    counts) and Gaussians (mu2 [R, d], s2 [R, d, d]), for samples with fewer distinct rows than d.
+def _fd_gram(wa: torch.Tensor, wb: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """FD between the Gaussians (mean, covariance with correction 1) of two weighted samples of the same
+    P rows x, from their Gram matrix ``gram`` = x x^T [P, P] alone (weights wa, wb [R, P], integer counts).
 
-    The sample covariance is S1 = A^T A with A the k distinct rows, centred and scaled by
-    sqrt(w / (n - 1)); the nonzero spectrum of S1 S2 is that of A S2 A^T (k x k), so
-    tr sqrt(S1 S2) = sum sqrt(eig(A S2 A^T)): k^3 instead of d^3 work, k <= min(n, P).
+    With u = w / n and s = sqrt(w / (n - 1)), the covariances are S = A^T A with A = diag(s) (x - 1 mu^T),
+    and the nonzero spectrum of S_a S_b is the squared singular values of B A^T = diag(s_b) C diag(s_a),
+    C = (x - 1 mu_b^T)(x - 1 mu_a^T)^T = G - (G u_a) 1^T - 1 (G u_b)^T + u_b^T G u_a. So
+    tr sqrt(S_a S_b) is the nuclear norm of that P x P matrix and every other term is a quadratic form of
+    G: the cost is P^3 per draw whatever the number of neurons (the d x d route costs P d^2 + d^3).
     """
-    n = w.sum(1, keepdim=True)
-    mu1 = (w @ x) / n
-    k = int((w > 0).sum(1).max())
-    order = torch.argsort((w > 0).to(torch.int8), dim=1, descending=True, stable=True)[:, :k]  # distinct rows
-    wk = torch.gather(w, 1, order)
-    a = (x[order] - mu1[:, None, :]) * torch.sqrt(wk / (n - 1))[:, :, None]  # [R, k, d]; 0 rows for w = 0
-    m = a @ s2 @ a.transpose(-1, -2)
-    ev = torch.linalg.eigvalsh((m + m.transpose(-1, -2)) / 2).clamp(min=0)
-    tr1 = (a * a).sum((1, 2))
-    tr2 = torch.diagonal(s2, dim1=-2, dim2=-1).sum(-1)
-    return ((mu1 - mu2) ** 2).sum(-1) + tr1 + tr2 - 2 * ev.sqrt().sum(-1)
+    na, nb = wa.sum(1, keepdim=True), wb.sum(1, keepdim=True)
+    ua, ub = wa / na, wb / nb
+    ga, gb = ua @ gram, ub @ gram  # [R, P]: (G u)_j = x_j . mu
+    aa, bb = (ga * ua).sum(1), (gb * ub).sum(1)  # ||mu||^2
+    ab = (ga * ub).sum(1)
+    diag = torch.diagonal(gram)
+    sa, sb = torch.sqrt(wa / (na - 1)), torch.sqrt(wb / (nb - 1))
+    c = gram[None] - ga[:, :, None] - gb[:, None, :] + ab[:, None, None]
+    nuclear = torch.linalg.svdvals(sb[:, :, None] * c * sa[:, None, :]).sum(-1)
+    tr_a = (sa**2 * (diag[None] - 2 * ga + aa[:, None])).sum(1)
+    tr_b = (sb**2 * (diag[None] - 2 * gb + bb[:, None])).sum(1)
+    return (aa + bb - 2 * ab) + tr_a + tr_b - 2 * nuclear
 
 
 def _pvalue(t: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
@@ -341,6 +335,13 @@ def drift_statistics(
     dev = torch.device(device)
     H = torch.as_tensor(pool["hists"].astype(np.float32)).reshape(P, -1).to(dev)
     M = torch.as_tensor(pool["means"]).double().to(dev)
+    # Each layer's pool means enter the FD null only through their Gram matrix (`_fd_gram`); centred on
+    # the pool mean first (FD does not depend on the origin) so that float64 keeps the small terms.
+    grams = []
+    for i in range(len(layers)):
+        x = M[:, bounds[i] : bounds[i + 1]]
+        x = x - x.mean(0, keepdim=True)
+        grams.append(x @ x.T)
     gen = np.random.default_rng(seed)
     null_neuron, null_fd = [], []
     for start in range(0, resamples, chunk):
@@ -351,15 +352,7 @@ def drift_statistics(
         bn = (wn.float() @ H).double().reshape(r, -1, hn.shape[1])
         bN = (wN.float() @ H).double().reshape(r, -1, hn.shape[1])
         null_neuron.append(_emd_rows(bn, bN).cpu())
-        fds = []
-        for i in range(len(layers)):
-            x = M[:, bounds[i] : bounds[i + 1]]
-            mu_b, s_b = _gaussian(wN, x)
-            if int((wn > 0).sum(1).max()) < x.shape[1]:  # fewer distinct images than neurons: k x k spectra
-                fds.append(_fd_sampled(wn, x, mu_b, s_b))
-            else:
-                mu_a, s_a = _gaussian(wn, x)
-                fds.append(_fd_batched(mu_a, s_a, mu_b, s_b))
+        fds = [_fd_gram(wn, wN, g) for g in grams]
         null_fd.append(torch.stack(fds, dim=1).cpu())
     null_neuron = torch.cat(null_neuron)  # [R, F]
     null_fd = torch.cat(null_fd)  # [R, L]

@@ -266,14 +266,25 @@ class Hashes(Part):
     name = "hashes"
     absent_settings = {"hashes": []}
 
-    def __init__(self, kinds=HASH_KINDS):
+    def __init__(self, kinds=HASH_KINDS, sharpness: bool = True):
         self.kinds = tuple(dict.fromkeys([kinds] if isinstance(kinds, str) else kinds))
         bad = [h for h in self.kinds if h not in HASH_KINDS]
         if bad or not self.kinds:
             raise ValueError(f"unknown hash {bad[0] if bad else ''!r}; expected phash or dhash")
+        # sharpness=False: the hashes alone (5 ms less per 640x480 image), for jobs that never choose
+        # which duplicate to keep (the nightly check); recorded in the settings only then, so that the
+        # settings of every earlier job are unchanged.
+        self.sharpness = bool(sharpness)
 
     def settings(self) -> dict:
-        return {"hashes": list(self.kinds)}
+        return (
+            {"hashes": list(self.kinds)}
+            if self.sharpness
+            else {"hashes": list(self.kinds), "sharpness": False}
+        )
+
+    def _keys(self) -> tuple:
+        return (*self.kinds, "sharpness") if self.sharpness else self.kinds
 
     def per_image(self, img) -> dict:
         from ..dedup.hashes import image_hashes
@@ -281,16 +292,19 @@ class Hashes(Part):
 
         got = image_hashes([img], self.kinds)
         out = {k: int(got[k][0]) for k in self.kinds}
-        out["sharpness"] = float(np.float32(sharpness(img)))
+        if self.sharpness:
+            out["sharpness"] = float(np.float32(sharpness(img)))
         return out
 
     def fields(self) -> list:
         pa = _arrow()
-        return [*((h, pa.int64()) for h in self.kinds), ("sharpness", pa.float32())]
+        return [(h, pa.int64()) for h in self.kinds] + (
+            [("sharpness", pa.float32())] if self.sharpness else []
+        )
 
     def columns(self, batch, feats) -> dict:
         values = batch.per_image[self.name]
-        return {key: [v[key] for v in values] for key in (*self.kinds, "sharpness")}
+        return {key: [v[key] for v in values] for key in self._keys()}
 
 
 @register_part
