@@ -153,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="network precision"
     )
     pr.add_argument(
+        "--histogram-precision",
+        default="fp64",
+        choices=["fp64", "fp32"],
+        help="the histograms' normalisation arithmetic: fp64 (vdna's, exact parity) or fp32 (for bfloat16 / "
+        "float16 networks: fewer GPU registers, no fp64 units); recorded in the VDNA",
+    )
+    pr.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -359,6 +366,7 @@ def cmd_profile(args) -> int:
         crop=args.crop,
         resize_mode=args.resize_mode,
         progress=not args.quiet,
+        histogram_precision=args.histogram_precision,
     )
     for name, vdna in vdnas.items():
         path = out if len(vdnas) == 1 else f"{out}-{name}"
@@ -434,6 +442,7 @@ def _profile_job(args, dists) -> int:
         hashes=args.hashes,
         fungi=_fungi_options(args),
         max_pixels=args.max_pixels,
+        histogram_precision=args.histogram_precision,
     )
     if not res.complete:
         print(

@@ -46,6 +46,7 @@ def run_job(
     fungi: dict | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     parts: Sequence = (),
+    histogram_precision: str = "fp64",
 ) -> JobResult:
     """Profile ``source`` into ``out_dir`` shard by shard; rerunning resumes (see the module docstring).
 
@@ -73,6 +74,9 @@ def run_job(
     `neuroprint.profile`.
 
     parts: more outputs (`neuroprint.jobs.Part` instances or registered names), after the built-in ones.
+    histogram_precision: the histograms' normalisation arithmetic, "fp64" (vdna's: exact parity, the
+    default) or "fp32" (for bf16 / fp16 jobs; `neuroprint.kernels.histogram.PRECISIONS`), recorded in the
+    settings and in the VDNAs, which refuse comparison with VDNAs of the other precision.
 
     extractor=None with distributions=() is a signatures-only job: no network, no VDNA, only the
     hashes and/or FUNGI columns (and, with ``embeddings``, the FUNGI backbone's embeddings), with the
@@ -98,7 +102,7 @@ def run_job(
         )
     built = []  # in the order of the rows' columns
     if names:
-        built.append(Distributions(names, ranges))
+        built.append(Distributions(names, ranges, histogram_precision))
     fungi_part = Fungi(fungi) if fungi is not None else None
     if embeddings:
         built.append(Embedding(fungi_part.options if extractor is None else None))

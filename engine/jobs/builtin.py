@@ -39,9 +39,14 @@ class Distributions(Part):
     needs = frozenset({"features"})
     absent_settings = {"distributions": [], "ranges": None}
 
-    def __init__(self, names, ranges=None):
+    def __init__(self, names, ranges=None, histogram_precision: str = "fp64"):
+        from ..kernels.histogram import PRECISIONS
+
         self.names = [names] if isinstance(names, str) else list(names)
         self.kinds = [parse_distribution(n) for n in self.names]
+        if histogram_precision not in PRECISIONS:
+            raise ValueError(f"histogram precision must be one of {PRECISIONS}, got {histogram_precision!r}")
+        self.precision = histogram_precision
         self.ranges_arg = ranges
         self.ranges: Ranges | None = None  # histogram bin ranges, resolved by prepare()
 
@@ -50,7 +55,12 @@ class Distributions(Part):
             raise ValueError("a job without an extractor makes no VDNA: pass distributions=() and no ranges")
 
     def settings(self) -> dict:
-        return {"distributions": self.names, "ranges": _describe_ranges_arg(self.ranges_arg)}
+        out = {"distributions": self.names, "ranges": _describe_ranges_arg(self.ranges_arg)}
+        if (
+            self.precision != "fp64"
+        ):  # only then, so that the settings of fp64 (vdna-exact) jobs are as before
+            out["histogram_precision"] = self.precision
+        return out
 
     def prepare(self, job) -> None:
         self._layers = dict(job.ex.layers)
@@ -70,7 +80,10 @@ class Distributions(Part):
 
     def start_shard(self) -> None:
         self._reducers = [
-            make_reducer(n, self._layers, ranges=self.ranges, device=self._dev) for n in self.names
+            make_reducer(
+                n, self._layers, ranges=self.ranges, device=self._dev, histogram_precision=self.precision
+            )
+            for n in self.names
         ]
 
     def columns(self, batch, feats) -> dict:
@@ -83,9 +96,12 @@ class Distributions(Part):
 
     def merge_state(self, arrays: dict) -> None:
         if getattr(self, "_merged", None) is None:
-            self._merged = [make_reducer(n, self._layers, ranges=self.ranges) for n in self.names]
+            self._merged = [
+                make_reducer(n, self._layers, ranges=self.ranges, histogram_precision=self.precision)
+                for n in self.names
+            ]
         for name, r in zip(self.names, self._merged):
-            part = make_reducer(name, self._layers, ranges=self.ranges)
+            part = make_reducer(name, self._layers, ranges=self.ranges, histogram_precision=self.precision)
             prefix = f"{name}:"
             part.load_state({k[len(prefix) :]: arrays[k] for k in arrays if k.startswith(prefix)})
             r.merge(part)

@@ -159,6 +159,7 @@ def profile(
     resize_mode: str | None = None,
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    histogram_precision: str = "fp64",
 ) -> dict[str, VDNA]:
     """Profile a source with one extractor into one VDNA per distribution, from a single forward pass.
 
@@ -167,6 +168,8 @@ def profile(
     ranges: bin ranges of histograms: None (the extractor's published ranges), "auto" (measured by a
         first pass over this source), a path to an activation_ranges.json or activation-ranges VDNA, or
         a `Ranges`. The ranges used are stored in the output and checked before any comparison.
+    histogram_precision: "fp64" (vdna's arithmetic, the default) or "fp32" (`neuroprint.kernels.histogram`),
+        recorded in the histogram VDNAs.
     device: None picks CUDA when present, else the CPU. compile: None compiles on CUDA only (on CPU the
         compile time exceeds the gain for all but very large jobs).
     max_pixels: images with more pixels (read from their header) are failures, never decoded (0: no
@@ -217,7 +220,10 @@ def profile(
     if any(k == "histogram" for k, _ in kinds):
         hist_ranges = _resolve_ranges(ranges, ex, weights, auto_pass)
 
-    reducers = [make_reducer(n, ex.layers, ranges=hist_ranges, device=dev) for n in names]
+    reducers = [
+        make_reducer(n, ex.layers, ranges=hist_ranges, device=dev, histogram_precision=histogram_precision)
+        for n in names
+    ]
     failures = _run_pass(loader, model, reducers, dev, desc=f"profile {ex.name}", progress=progress)
     used = reducers[0].count
     if used == 0:
@@ -278,6 +284,10 @@ def build_vdnas(
         vdna.meta = dict(meta)
         if kind == "histogram":
             vdna.meta["ranges"] = hist_ranges.to_json()
+            precision = getattr(reducer, "precision", "fp64")
+            if precision != "fp64":  # recorded only then: fp64 VDNAs stay byte-identical to earlier ones
+                vdna.meta["histogram_precision"] = precision
+                vdna.extraction_settings_used["histogram_precision"] = precision
         out[name] = vdna
     return out
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuroprint.kernels.histogram import neuron_histogram, norm_params
+from neuroprint.kernels.histogram import PRECISIONS, neuron_histogram, norm_params
 
 from .._errors import IncompatibleVDNAError
 from .ranges import Ranges
@@ -113,11 +113,16 @@ class HistogramReducer(Reducer):
     kind = "histogram"
     _state_fields = ("counts",)
 
-    def __init__(self, layers: dict[str, int], bins: int, ranges: Ranges, device="cpu"):
+    def __init__(
+        self, layers: dict[str, int], bins: int, ranges: Ranges, device="cpu", precision: str = "fp64"
+    ):
         super().__init__(layers)
         ranges.check_covers(self.layers)
+        if precision not in PRECISIONS:
+            raise ValueError(f"histogram precision must be one of {PRECISIONS}, got {precision!r}")
         self.bins = int(bins)
         self.ranges = ranges
+        self.precision = precision  # the normalisation's arithmetic (neuroprint.kernels.histogram)
         self.params = {}
         self.counts = {}
         for layer, channels in self.layers.items():
@@ -131,12 +136,16 @@ class HistogramReducer(Reducer):
             mean, std = mean.to(x.device), std.to(x.device)
             self.params[layer] = (mean, std)
             self.counts[layer] = self.counts[layer].to(x.device)
-        neuron_histogram(x, mean, std, self.bins, out=self.counts[layer])
+        neuron_histogram(x, mean, std, self.bins, out=self.counts[layer], precision=self.precision)
 
     def merge(self, other: Reducer) -> HistogramReducer:
         self._check_mergeable(other)
         if other.bins != self.bins or other.ranges.digest != self.ranges.digest:
             raise IncompatibleVDNAError("cannot merge histograms with different bins or ranges")
+        if other.precision != self.precision:
+            raise IncompatibleVDNAError(
+                f"cannot merge histograms binned in {other.precision} with histograms binned in {self.precision}"
+            )
         for layer in self.layers:
             self.counts[layer] += other.counts[layer].to(self.counts[layer].device)
         self.count += other.count
@@ -288,13 +297,18 @@ class ActivationRangesReducer(Reducer):
 
 
 def make_reducer(
-    distribution: str, layers: dict[str, int], *, ranges: Ranges | None = None, device="cpu"
+    distribution: str,
+    layers: dict[str, int],
+    *,
+    ranges: Ranges | None = None,
+    device="cpu",
+    histogram_precision: str = "fp64",
 ) -> Reducer:
     kind, bins = parse_distribution(distribution)
     if kind == "histogram":
         if ranges is None:
             raise ValueError("a histogram reducer needs activation ranges")
-        return HistogramReducer(layers, bins, ranges, device=device)
+        return HistogramReducer(layers, bins, ranges, device=device, precision=histogram_precision)
     if kind == "gaussian":
         return GaussianReducer(layers)
     if kind == "layer-gaussian":

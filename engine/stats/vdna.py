@@ -614,6 +614,12 @@ def check_compatible(a: VDNA, b: VDNA, *, action: str = "compare") -> None:
         if va is not None and vb is not None and va != vb:
             raise IncompatibleVDNAError(f"cannot {action} VDNAs made with different {key}: {va} vs {vb}")
     if a.type == "histogram":
+        pa_, pb_ = a.meta.get("histogram_precision", "fp64"), b.meta.get("histogram_precision", "fp64")
+        if pa_ != pb_:
+            raise IncompatibleVDNAError(
+                f"cannot {action} histogram VDNAs binned with different precision: {pa_} vs {pb_} "
+                "(values near bin edges land in other bins)"
+            )
         ra, rb = a.meta.get("ranges"), b.meta.get("ranges")
         if ra and rb and ra.get("sha256") != rb.get("sha256"):
             raise IncompatibleVDNAError(
