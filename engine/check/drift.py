@@ -258,15 +258,25 @@ def _fd_batched(mu1, s1, mu2, s2) -> torch.Tensor:
     )
 
 
+def _gaussian(w: torch.Tensor, x: torch.Tensor):
+    """Weighted mean and covariance (correction 1) of rows x [P, d] under integer weights w [R, P]."""
+    n = w.sum(1, keepdim=True)
+    mu = (w @ x) / n
+    xc = x[None] - mu[:, None]  # [R, P, d]
+    sigma = (xc * w[:, :, None]).transpose(1, 2) @ xc / (n[:, :, None] - 1)
+    return mu, sigma
+
+
 def _fd_gram(wa: torch.Tensor, wb: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """FD between the Gaussians (mean, covariance with correction 1) of two weighted samples of the same
     P rows x, from their Gram matrix ``gram`` = x x^T [P, P] alone (weights wa, wb [R, P], integer counts).
 
     With u = w / n and s = sqrt(w / (n - 1)), the covariances are S = A^T A with A = diag(s) (x - 1 mu^T),
-    and the nonzero spectrum of S_a S_b is the squared singular values of B A^T = diag(s_b) C diag(s_a),
-    C = (x - 1 mu_b^T)(x - 1 mu_a^T)^T = G - (G u_a) 1^T - 1 (G u_b)^T + u_b^T G u_a. So
-    tr sqrt(S_a S_b) is the nuclear norm of that P x P matrix and every other term is a quadratic form of
-    G: the cost is P^3 per draw whatever the number of neurons (the d x d route costs P d^2 + d^3).
+    and the nonzero spectrum of S_a S_b is the squared singular values of A B^T = diag(s_a) C diag(s_b),
+    C = (x - 1 mu_a^T)(x - 1 mu_b^T)^T = G - (G u_b) 1^T - 1 (G u_a)^T + (u_a^T G u_b) 1 1^T. Only the k rows
+    that sample a draws (wa > 0) are nonzero in A, so tr sqrt(S_a S_b) = sum sqrt(eig(M M^T)) with M the
+    k x P block: k^2 P + k^3 per draw whatever the number of neurons; every other term is a quadratic form
+    of G.
     """
     na, nb = wa.sum(1, keepdim=True), wb.sum(1, keepdim=True)
     ua, ub = wa / na, wb / nb
@@ -275,11 +285,27 @@ def _fd_gram(wa: torch.Tensor, wb: torch.Tensor, gram: torch.Tensor) -> torch.Te
     ab = (ga * ub).sum(1)
     diag = torch.diagonal(gram)
     sa, sb = torch.sqrt(wa / (na - 1)), torch.sqrt(wb / (nb - 1))
-    c = gram[None] - ga[:, :, None] - gb[:, None, :] + ab[:, None, None]
-    nuclear = torch.linalg.svdvals(sb[:, :, None] * c * sa[:, None, :]).sum(-1)
+    k = int((wa > 0).sum(1).max())
+    rows = torch.argsort((wa > 0).to(torch.int8), dim=1, descending=True, stable=True)[:, :k]  # [R, k]
+    # (x_i - mu_a) . (x_j - mu_b) = G_ij - x_i . mu_b - x_j . mu_a + mu_a . mu_b, for the rows i sampled by a
+    c = gram[rows] - torch.gather(gb, 1, rows)[:, :, None] - ga[:, None, :] + ab[:, None, None]
+    m = torch.gather(sa, 1, rows)[:, :, None] * c * sb[:, None, :]
+    ev = torch.linalg.eigvalsh(m @ m.transpose(1, 2)).clamp(min=0)
     tr_a = (sa**2 * (diag[None] - 2 * ga + aa[:, None])).sum(1)
     tr_b = (sb**2 * (diag[None] - 2 * gb + bb[:, None])).sum(1)
-    return (aa + bb - 2 * ab) + tr_a + tr_b - 2 * nuclear
+    return (aa + bb - 2 * ab) + tr_a + tr_b - 2 * ev.sqrt().sum(-1)
+
+
+def _fd_null(wn: torch.Tensor, wN: torch.Tensor, x: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """FD of each draw's night sample (weights wn) to its reference sample (wN) over the pool rows x
+    [P, d] (centred) with Gram matrix ``gram``: by `_fd_gram` (k^2 P + k^3, k the night's distinct rows)
+    or through the d x d covariances (P d^2 + d^3), whichever costs less for this layer (the Gram route
+    only while k < d, where the covariance route takes square roots of eigenvalues that are zero)."""
+    P, d = x.shape
+    k = int((wn > 0).sum(1).max())
+    if k < d and k * k * P + k**3 <= 2 * P * d * d + 3 * d**3:
+        return _fd_gram(wn, wN, gram)
+    return _fd_batched(*_gaussian(wn, x), *_gaussian(wN, x))
 
 
 def _pvalue(t: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
@@ -337,11 +363,9 @@ def drift_statistics(
     M = torch.as_tensor(pool["means"]).double().to(dev)
     # Each layer's pool means enter the FD null only through their Gram matrix (`_fd_gram`); centred on
     # the pool mean first (FD does not depend on the origin) so that float64 keeps the small terms.
-    grams = []
-    for i in range(len(layers)):
-        x = M[:, bounds[i] : bounds[i + 1]]
-        x = x - x.mean(0, keepdim=True)
-        grams.append(x @ x.T)
+    xs = [M[:, bounds[i] : bounds[i + 1]] for i in range(len(layers))]
+    xs = [x - x.mean(0, keepdim=True) for x in xs]
+    grams = [x @ x.T for x in xs]
     gen = np.random.default_rng(seed)
     null_neuron, null_fd = [], []
     for start in range(0, resamples, chunk):
@@ -352,7 +376,7 @@ def drift_statistics(
         bn = (wn.float() @ H).double().reshape(r, -1, hn.shape[1])
         bN = (wN.float() @ H).double().reshape(r, -1, hn.shape[1])
         null_neuron.append(_emd_rows(bn, bN).cpu())
-        fds = [_fd_gram(wn, wN, g) for g in grams]
+        fds = [_fd_null(wn, wN, x, g) for x, g in zip(xs, grams)]
         null_fd.append(torch.stack(fds, dim=1).cpu())
     null_neuron = torch.cat(null_neuron)  # [R, F]
     null_fd = torch.cat(null_fd)  # [R, L]
