@@ -614,3 +614,98 @@ def test_hashes_part_without_sharpness_keeps_the_hashes_and_earlier_settings():
     assert b == {"phash": a["phash"], "dhash": a["dhash"]} and "sharpness" in a
     assert [f[0] for f in lean.fields()] == ["phash", "dhash"]
     assert [f[0] for f in full.fields()] == ["phash", "dhash", "sharpness"]
+
+
+def test_reference_with_embeddings_finds_copies_by_cosine_too(tmp_path, capsys):
+    """A reference built with embeddings: the night computes them as well; an exact copy of a reference
+    image matches by pHash and by cosine (1.0); a shifted copy whose pHash moves beyond --dup-distance 0 is
+    still found by its embedding; within the night, a shifted pair groups by cosine. The threshold sits
+    between the copies' cosines and every other pair's (random weights: all embeddings are alike)."""
+    import torch
+
+    from neuroprint.kernels.cosine_topk import cosine_topk
+
+    rng = np.random.default_rng(5)
+    imgs = [_texture(rng) for _ in range(24)]
+    for i, im in enumerate(imgs):
+        _save(tmp_path / "src", f"r{i:02d}.png", im)
+    kw = dict(REF_KW, pool_size=16)
+    ref = build_reference(tmp_path / "src", tmp_path / "REF", embeddings=True, **kw)
+    assert ref.meta["embeddings"] and "embedding" in ref.images().column_names
+
+    def shifted(a):  # a 3-pixel circular shift: pHash moves 8 bits here, the pooled embedding hardly
+        return np.roll(a, 3, axis=1)
+
+    night = tmp_path / "night"
+    _save(night, "a_exact.png", imgs[3])
+    _save(night, "b_shifted.png", shifted(imgs[7]))
+    pair = _stripes(rng)
+    _save(night, "c_pair1.png", pair)
+    _save(night, "c_pair2.png", shifted(pair))
+    for i in range(6):
+        _save(night, f"d_other{i}.png", _texture(rng))
+    # the cosines these random weights give: copies against every other pair
+    e_ref = torch.tensor(np.asarray(ref.images()["embedding"].to_pylist(), np.float32))
+    res0 = check(
+        night, tmp_path / "REF", tmp_path / "probe", dup_distance=0, dup_cosine=1.0, report=False, **KW
+    )
+    rows = {r["id"]: r for r in _rows(tmp_path / "probe")}
+    assert rows["a_exact.png"]["reference_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert rows["a_exact.png"]["duplicate_of_reference"] == "r03.png"  # pHash distance 0
+    e_night = torch.tensor(
+        np.asarray(
+            pq.read_table(tmp_path / "probe" / "rows", columns=["id", "embedding"])["embedding"].to_pylist(),
+            np.float32,
+        )
+    )
+    sims, _ = cosine_topk(e_night, e_ref, k=2)
+    copy_cos = float(sims[1, 0])  # b_shifted.png against r07.png
+    others = [float(sims[i, 0]) for i in range(4, 10)]
+    assert copy_cos > max(others), (copy_cos, others)
+    cut = (copy_cos + max(others)) / 2
+    assert res0.settings["dup_cosine"] == 1.0
+    res = check(
+        night, tmp_path / "REF", tmp_path / "night_out", dup_distance=0, dup_cosine=cut, report=False, **KW
+    )
+    rows = {r["id"]: r for r in _rows(tmp_path / "night_out")}
+    assert rows["b_shifted.png"]["duplicate_of_reference"] == "r07.png"
+    assert "duplicate_of_reference" in rows["b_shifted.png"]["flags"]
+    assert rows["b_shifted.png"]["reference_distance"] > 0  # the hash alone would have missed it
+    assert not any(rows[f"d_other{i}.png"]["duplicate_of_reference"] for i in range(6))
+    assert rows["c_pair2.png"]["duplicate_of"] == "c_pair1.png"  # within the night, by cosine alone
+    assert not any(rows[f"d_other{i}.png"]["duplicate_of"] for i in range(6))
+    match = {m["id"]: m for m in res.duplicates["reference"]}
+    assert match["b_shifted.png"]["cosine"] == pytest.approx(copy_cos, abs=1e-5)
+    assert res.counts["duplicates_reference"] == sum(bool(r["duplicate_of_reference"]) for r in rows.values())
+    # --embeddings belongs to --build-reference: a usage error, exit 2
+    argv = ["check", str(night), "--reference", str(tmp_path / "REF"), "--out-dir", str(tmp_path / "x")]
+    assert main([*argv, "--embeddings"]) == 2
+    assert "build-reference" in capsys.readouterr().err
+
+
+def test_the_nights_histogram_vdna_equals_a_plain_profiles(ref, tmp_path):
+    """The check bins each activation once: the night's histogram VDNA is the sum of the per-image
+    histograms (NeuronPool), and equals a plain job's Distributions histogram of the same night with the
+    reference's ranges, count for count (shards of 4 images: the per-shard sums merge exactly)."""
+    from neuroprint import load_vdna_from_files
+    from neuroprint.check import Reference
+    from neuroprint.jobs import run_job
+
+    r = Reference.open(ref)
+    src = _night(tmp_path / "src", 901, n=10)
+    check(src, ref, tmp_path / "night", report=False, **dict(KW, shard_size=4))
+    run_job(
+        src, tmp_path / "plain", [r.hist_name], extractor=TINY, weights="random", ranges=ref / "ranges.json",
+        decoder="pil", **dict(KW, shard_size=4),
+    )  # fmt: skip
+    a = load_vdna_from_files(tmp_path / "night" / r.hist_name)
+    b = load_vdna_from_files(tmp_path / "plain" / r.hist_name)
+    assert a.num_images == b.num_images == 10
+    assert list(a.data) == list(b.data)
+    for k in a.data:
+        assert torch.equal(a.data[k], b.data[k]), k
+    assert (
+        a.meta["ranges"]["sha256"] == b.meta["ranges"]["sha256"]
+        and a.meta["extractor"] == b.meta["extractor"]
+    )
+    assert (tmp_path / "night" / "layer-gaussian.json").is_file()

@@ -59,6 +59,8 @@ DEFAULT_RULES = ("drift:p<0.01",)
 DEFAULT_BINS = 64
 DEFAULT_POOL = 512
 DEFAULT_DUP_DISTANCE = 4
+# Embedding cosine at or above which two images are near-duplicates (references built with embeddings).
+DEFAULT_DUP_COSINE = 0.95
 HASHES = ("phash", "dhash")
 IMAGE_COLUMNS = ("id", "uri", "width", "height", *QUALITY_COLUMNS, *HASHES)
 
@@ -269,8 +271,10 @@ def _ok_images(rows_dir: Path, origin: str):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(rows_dir, columns=["status", *IMAGE_COLUMNS])
-    ok = rows.filter(pc.equal(rows["status"], "ok")).select(list(IMAGE_COLUMNS))
+    names = pq.read_schema(next(iter(sorted(rows_dir.glob("*.parquet"))))).names
+    columns = [*IMAGE_COLUMNS, *(["embedding"] if "embedding" in names else [])]
+    rows = pq.read_table(rows_dir, columns=["status", *columns])
+    ok = rows.filter(pc.equal(rows["status"], "ok")).select(columns)
     return ok.append_column("origin", pa.array([origin] * ok.num_rows, pa.string()))
 
 
@@ -299,6 +303,7 @@ def build_reference(
     dtype="float32",
     shard_size: int = 1024,
     seed: int = 0,
+    embeddings: bool = False,
     command: dict | None = None,
     **job,
 ) -> Reference | None:
@@ -307,11 +312,13 @@ def build_reference(
     bins: histogram bins of the drift statistics; pool_size: reference images whose per-image histograms
     and means are kept for the drift null (memory: pool_size x neurons x bins x 2 bytes); ranges:
     "auto" (a first pass measures every neuron's range), a ranges file, or None (the extractor's
-    published ranges). job: batch_size, num_workers, device, progress, max_shards, ray, num_actors,
-    ray_address. Returns None while shards are left (max_shards).
+    published ranges). embeddings: also keep each image's embedding (the mean of the last tap), so that
+    every night checked against this reference finds near-duplicates by embedding cosine as well as by
+    pHash. job: batch_size, num_workers, device, progress, max_shards, ray, num_actors, ray_address.
+    Returns None while shards are left (max_shards).
     """
     from ..io.sources import open_source
-    from ..jobs.builtin import Distributions, Hashes
+    from ..jobs.builtin import Distributions, Embedding, Hashes
 
     if int(bins) < 2:
         raise CheckError(f"bins must be >= 2, got {bins}")
@@ -327,6 +334,8 @@ def build_reference(
         Quality(),
         NeuronPool(pool, means="pool", bins=int(bins), file="pool.npz"),
     ]
+    if embeddings:
+        parts.append(Embedding())
     res = _run(
         src, out, parts, extractor, weights, layers, dtype, shard_size, seed, command, **_job_kwargs(**job)
     )
@@ -356,6 +365,7 @@ def build_reference(
         "dtype": manifest["settings"]["dtype"],
         "ranges_sha256": hist.meta.get("ranges", {}).get("sha256"),
         "images": int(res.processed),
+        "embeddings": bool(embeddings),
         "built": {"source": manifest["settings"]["source"], "images_in": res.images_in, "failed": res.failed},
         "nights": [],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -502,6 +512,7 @@ def check(
     percentile: float = 1.0,
     resamples: int = 500,
     dup_distance: int = DEFAULT_DUP_DISTANCE,
+    dup_cosine: float = DEFAULT_DUP_COSINE,
     top_neurons: int = 8,
     top_images: int = 12,
     outlier_percentile: float = 99.0,
@@ -519,7 +530,9 @@ def check(
     """Check the night ``source`` against ``reference`` into ``out_dir`` (see the module docstring).
 
     fail_on: rules (`parse_rule`); percentile: the flags' reference percentile; resamples: draws of the
-    drift null; dup_distance: the largest phash Hamming distance of a near-duplicate; outlier_percentile:
+    drift null; dup_distance: the largest phash Hamming distance of a near-duplicate; dup_cosine: the
+    smallest embedding cosine of a near-duplicate (used when the reference keeps embeddings: the night
+    computes them too); outlier_percentile:
     images whose outlier score is above this percentile of the reference pool's scores count as
     outliers; extractor/weights/layers/dtype: when given, must equal the reference's (the night always
     runs the reference's network). update: when the verdict is pass, fold the night into the reference
@@ -527,13 +540,15 @@ def check(
     ray_address. Returns None while shards are left (max_shards).
     """
     from ..io.sources import open_source
-    from ..jobs.builtin import Distributions, Hashes
+    from ..jobs.builtin import Distributions, Embedding, Hashes
 
     rules = [parse_rule(r) for r in (DEFAULT_RULES if fail_on is None else fail_on)]
     if not 0 < float(percentile) < 50:
         raise CheckError(f"--percentile must be in (0, 50), got {percentile}")
     if not 0 <= int(dup_distance) <= 64:
         raise CheckError(f"--dup-distance must be within 0..64, got {dup_distance}")
+    if not -1 < float(dup_cosine) <= 1:
+        raise CheckError(f"--dup-cosine must be in (-1, 1], got {dup_cosine}")
     if int(resamples) < 19:
         raise CheckError(f"--resamples must be >= 19 (p-values of at least 0.05), got {resamples}")
     ref = Reference.open(reference)
@@ -548,7 +563,9 @@ def check(
     ref_hist = ref.vdna(ref.hist_name)
     bins = int(ref.meta["bins"])
     parts = [
-        Distributions([ref.hist_name, "layer-gaussian"], ref.path / "ranges.json"),
+        # the night's histogram VDNA comes from NeuronPool (the sum of the per-image histograms it bins
+        # for emd:reference), so that no activation is binned twice
+        Distributions(["layer-gaussian"], ref.path / "ranges.json"),
         Hashes(HASHES, sharpness=False),  # the check never chooses which duplicate to keep
         Quality(),
         NeuronPool(
@@ -557,8 +574,12 @@ def check(
             bins=bins,
             file="neurons.npz",
             reference={k: ref_hist.data[k].numpy() for k in ref.meta["layers"]},
+            histogram=ref.hist_name,
+            ranges=ref.path / "ranges.json",
         ),
     ]
+    if ref.meta.get("embeddings"):
+        parts.append(Embedding())
     m = ref.meta
     res = _run(
         src,
@@ -583,6 +604,7 @@ def check(
         float(percentile),
         int(resamples),
         int(dup_distance),
+        float(dup_cosine),
         int(top_neurons),
         int(top_images),
         float(outlier_percentile),
@@ -634,89 +656,80 @@ def _outlier_scores(means: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.nd
     return (((means - mu) ** 2) / np.maximum(var, 1e-12)).mean(axis=1)
 
 
-def _analyse(
-    ref, out, res, rules, percentile, resamples, dup_distance, k_neurons, k_images, outlier_pct, seed
-):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ..stats.vdna import load_vdna_from_files
-
-    manifest = json.loads((out / "manifest.json").read_text())
-    night_sha = hashlib.sha256(
-        (
-            manifest["settings"]["item_ids_sha256"]
-            + json.dumps(manifest["settings"]["source"], sort_keys=True)
-        ).encode()
-    ).hexdigest()
-    rows = pq.read_table(out / "rows")
-    ok_mask = _column(rows, "status") == "ok"
-    ok = rows.filter(pa.array(ok_mask))
-    n = ok.num_rows
-    ref_images = ref.images()
-    # quality flags
-    th = thresholds_from(
-        {c: _column(ref_images, c) for c in (*QUALITY_COLUMNS, "width", "height")}, percentile
-    )
-    flags = flag_images({c: _column(ok, c) for c in (*QUALITY_COLUMNS, "width", "height")}, th)
-    ok_ids = ok["id"].to_pylist()
-    ok_uris = ok["uri"].to_pylist()
-    # near-duplicates within the night: groups of phash distance <= dup_distance (first in source order kept)
+def _duplicates(ok, ref_images, dup_distance: int, dup_cosine: float) -> dict:
+    """Near-duplicates of the night's readable images: within the night (groups of phash distance <=
+    dup_distance, or embedding cosine >= dup_cosine when both sides have embeddings; the first image in
+    source order is kept) and against every reference image (the nearest by phash; else by embedding)."""
     from ..dedup.search import connected_components, hash_pairs
 
+    n = ok.num_rows
     ph = _column(ok, "phash").astype(np.int64)
     a, b, _ = hash_pairs(ph, dup_distance)
+    ref_ph = _column(ref_images, "phash").astype(np.int64)
+    near, near_d = (
+        _nearest_reference(ph, ref_ph) if len(ref_ph) and n else (np.zeros(n, np.int64), np.full(n, 65))
+    )
+    by_hash = near_d <= dup_distance
+    cos_near, cos = np.zeros(n, np.int64), np.full(n, np.nan)
+    embedded = "embedding" in ok.column_names and "embedding" in ref_images.column_names
+    if embedded and n:
+        import torch
+
+        from ..kernels.cosine_topk import cosine_topk
+
+        e = torch.as_tensor(np.asarray(ok["embedding"].to_pylist(), dtype=np.float32))
+        if n > 1:
+            sims, idx = cosine_topk(e, k=min(8, n - 1))
+            hit = (sims >= dup_cosine) & (idx >= 0)
+            qi = torch.arange(n)[:, None].expand_as(idx)[hit].numpy()
+            a, b = np.concatenate([a, qi]), np.concatenate([b, idx[hit].numpy()])
+        re = torch.as_tensor(np.asarray(ref_images["embedding"].to_pylist(), dtype=np.float32))
+        if len(re):
+            s1, i1 = cosine_topk(e, re, k=1)
+            cos_near, cos = i1[:, 0].numpy(), s1[:, 0].double().numpy()
     comp = connected_components(n, a, b)
-    first = {}
+    first, groups = {}, {}
     dup_of = np.full(n, -1, dtype=np.int64)
     for i, c in enumerate(comp.tolist()):
         if c in first:
             dup_of[i] = first[c]
         else:
             first[c] = i
-    groups = {}
-    for i, c in enumerate(comp.tolist()):
         groups.setdefault(c, []).append(i)
-    dup_groups = [g for g in groups.values() if len(g) > 1]
-    # against the reference
-    ref_ph = _column(ref_images, "phash").astype(np.int64)
-    near, near_d = (
-        _nearest_reference(ph, ref_ph) if len(ref_ph) and n else (np.zeros(n, np.int64), np.full(n, 65))
-    )
-    is_ref_dup = near_d <= dup_distance
-    ref_ids = ref_images["id"].to_pylist()
-    ref_uris = ref_images["uri"].to_pylist()
-    # drift
-    night_hist = load_vdna_from_files(out / ref.hist_name)
-    night_gauss = load_vdna_from_files(out / "layer-gaussian")
-    ref_hist, ref_gauss = ref.vdna(ref.hist_name), ref.vdna("layer-gaussian")
-    layers = list(ref.meta["layers"])
-    pool = pool_view(ref.pool())
-    stats = drift_statistics(
-        {k: night_hist.data[k].numpy() for k in layers},
-        {k: ref_hist.data[k].numpy() for k in layers},
-        {k: (night_gauss.data[k]["mu"].numpy(), night_gauss.data[k]["sigma"].numpy()) for k in layers},
-        {k: (ref_gauss.data[k]["mu"].numpy(), ref_gauss.data[k]["sigma"].numpy()) for k in layers},
-        pool,
-        n,
-        int(ref.meta["images"]),
-        resamples=resamples,
-        seed=seed,
-    )
-    # per-image neuron means of the night, in the order of the ok rows
-    neurons = load_pool(out / "neurons.npz")
-    where = {i: k for k, i in enumerate(neurons["ids"].tolist())}
-    means = neurons["means"][[where[i] for i in ok_ids]].astype(np.float64).reshape(n, -1)
-    mu = np.concatenate([ref_gauss.data[k]["mu"].numpy() for k in layers])
-    var = np.concatenate([np.diagonal(ref_gauss.data[k]["sigma"].numpy()) for k in layers])
+    by_cos = ~by_hash & (cos >= dup_cosine)  # NaN (no embeddings) compares False
+    return {
+        "dup_of": dup_of,
+        "groups": [g for g in groups.values() if len(g) > 1],
+        "ref_index": np.where(by_hash, near, cos_near),
+        "ref_dup": by_hash | by_cos,
+        "ref_distance": near_d,
+        "ref_cosine": cos,
+        "embeddings": bool(embedded),
+    }
+
+
+def _outliers(means: np.ndarray, pool_means: np.ndarray, mu, var, pct: float) -> dict:
+    """Outlier scores of the night's images, their rank, their percentile among the reference pool's
+    scores, and the threshold (the pool's ``pct`` percentile)."""
+    n = len(means)
     scores = _outlier_scores(means, mu, var)
-    pool_scores = _outlier_scores(pool["means"].astype(np.float64), mu, var)
-    out_th = float(np.percentile(pool_scores, outlier_pct))
-    outlier_pct_of = np.searchsorted(np.sort(pool_scores), scores, side="right") / len(pool_scores)
+    pool_scores = _outlier_scores(pool_means, mu, var)
     rank = np.empty(n, dtype=np.int64)
     rank[np.argsort(-scores, kind="stable")] = np.arange(1, n + 1)
-    is_outlier = scores > out_th
-    # top drifting neurons and the images that drive each
+    threshold = float(np.percentile(pool_scores, pct))
+    return {
+        "scores": scores,
+        "rank": rank,
+        "percentile": np.searchsorted(np.sort(pool_scores), scores, side="right") / len(pool_scores),
+        "threshold": threshold,
+        "is_outlier": scores > threshold,
+    }
+
+
+def _top_neurons(stats, means, mu, var, ref_hist, night_hist, ok_ids, ok_uris, k_neurons, k_images):
+    """The most drifting neurons (by z against their null) and, for each, the night images that push it
+    furthest in the direction it moved; also each image's mean push over those neurons."""
+    n = len(means)
     bounds = np.cumsum([0, *stats["channels"]])
     z = stats["neuron_z"]
     top = np.argsort(-z, kind="stable")[:k_neurons]
@@ -747,66 +760,12 @@ def _analyse(
             }
         )
     driving_score = contrib[:, top].mean(axis=1) if len(top) else np.zeros(n)
-    # flags.parquet: one row per image, failures included
-    n_all = rows.num_rows
-    pos = np.cumsum(ok_mask) - 1
+    return top_list, driving_score
 
-    def per_row(values, fill):
-        out_ = [fill] * n_all
-        for r in np.nonzero(ok_mask)[0].tolist():
-            out_[r] = values[pos[r]]
-        return out_
 
-    flag_lists = [[f for f in FLAGS if flags[f][i]] for i in range(n)]
-    for i in range(n):
-        if dup_of[i] >= 0:
-            flag_lists[i].append("duplicate")
-        if is_ref_dup[i]:
-            flag_lists[i].append("duplicate_of_reference")
-        if is_outlier[i]:
-            flag_lists[i].append("outlier")
-    cols = {
-        c: rows[c]
-        for c in ("id", "uri", "status", "error", "width", "height", *QUALITY_COLUMNS, "emd:reference")
-    }
-    cols["emd_reference"] = cols.pop("emd:reference")
-    cols["flags"] = pa.array(per_row(flag_lists, None), pa.list_(pa.string()))
-    cols["outlier_score"] = pa.array(per_row(scores.tolist(), None), pa.float64())
-    cols["outlier_percentile"] = pa.array(per_row(outlier_pct_of.tolist(), None), pa.float64())
-    cols["outlier_rank"] = pa.array(per_row(rank.tolist(), None), pa.int64())
-    cols["driving_score"] = pa.array(per_row(driving_score.tolist(), None), pa.float64())
-    cols["duplicate_of"] = pa.array(
-        per_row([ok_ids[d] if d >= 0 else None for d in dup_of.tolist()], None), pa.string()
-    )
-    cols["duplicate_of_reference"] = pa.array(
-        per_row([ref_ids[near[i]] if is_ref_dup[i] else None for i in range(n)], None), pa.string()
-    )
-    cols["reference_distance"] = pa.array(
-        per_row([int(x) if x <= 64 else None for x in near_d.tolist()], None), pa.int64()
-    )
-    table = pa.table(cols)
-    _write_atomic(out / "flags.parquet", lambda tmp: pq.write_table(table, tmp))
-    counts = {
-        "images_in": int(res.images_in),
-        "processed": int(n),
-        "failed": int(n_all - n),
-        "flags": {f: int(flags[f].sum()) for f in FLAGS},
-        "duplicates": int((dup_of >= 0).sum()),
-        "duplicate_groups": len(dup_groups),
-        "duplicates_reference": int(is_ref_dup.sum()),
-        "outliers": int(is_outlier.sum()),
-    }
-    assert counts["images_in"] == counts["processed"] + counts["failed"] == n_all
-    drift = {
-        "p": stats["p"],
-        "z_max": stats["z_max"],
-        "emd": stats["emd"],
-        "emd_p": stats["emd_p"],
-        "emd_null": stats["emd_null"],
-        "resamples": stats["resamples"],
-        "pool": stats["pool"],
-        "n": stats["n"],
-        "N": stats["N"],
+def _drift_summary(stats: dict) -> dict:
+    return {
+        **{k: stats[k] for k in ("p", "z_max", "emd", "emd_p", "emd_null", "resamples", "pool", "n", "N")},
         "layers": [
             {
                 "layer": layer,
@@ -823,35 +782,163 @@ def _analyse(
         "neurons_p_below_0.01": int((stats["neuron_p"] < 0.01).sum()),
         "neurons": int(stats["neuron_p"].size),
     }
+
+
+def _flags_table(rows, ok_mask, flags, dup, outl, driving_score, ok_ids, ref_ids):
+    """flags.parquet: one row per input item (failures included, with null scores)."""
+    import pyarrow as pa
+
+    n, n_all = int(ok_mask.sum()), rows.num_rows
+    pos = np.cumsum(ok_mask) - 1
+
+    def per_row(values):
+        out_ = [None] * n_all
+        for r in np.nonzero(ok_mask)[0].tolist():
+            out_[r] = values[pos[r]]
+        return out_
+
+    flag_lists = [[f for f in FLAGS if flags[f][i]] for i in range(n)]
+    for i in range(n):
+        if dup["dup_of"][i] >= 0:
+            flag_lists[i].append("duplicate")
+        if dup["ref_dup"][i]:
+            flag_lists[i].append("duplicate_of_reference")
+        if outl["is_outlier"][i]:
+            flag_lists[i].append("outlier")
+    cols = {
+        c: rows[c]
+        for c in ("id", "uri", "status", "error", "width", "height", *QUALITY_COLUMNS, "emd:reference")
+    }
+    cols["emd_reference"] = cols.pop("emd:reference")
+    cols["flags"] = pa.array(per_row(flag_lists), pa.list_(pa.string()))
+    cols["outlier_score"] = pa.array(per_row(outl["scores"].tolist()), pa.float64())
+    cols["outlier_percentile"] = pa.array(per_row(outl["percentile"].tolist()), pa.float64())
+    cols["outlier_rank"] = pa.array(per_row(outl["rank"].tolist()), pa.int64())
+    cols["driving_score"] = pa.array(per_row(driving_score.tolist()), pa.float64())
+    dup_of = dup["dup_of"].tolist()
+    cols["duplicate_of"] = pa.array(per_row([ok_ids[d] if d >= 0 else None for d in dup_of]), pa.string())
+    ref_of = [ref_ids[dup["ref_index"][i]] if dup["ref_dup"][i] else None for i in range(n)]
+    cols["duplicate_of_reference"] = pa.array(per_row(ref_of), pa.string())
+    dist = [int(x) if x <= 64 else None for x in dup["ref_distance"].tolist()]
+    cols["reference_distance"] = pa.array(per_row(dist), pa.int64())
+    if dup["embeddings"]:
+        cos = [None if np.isnan(c) else float(c) for c in dup["ref_cosine"].tolist()]
+        cols["reference_cosine"] = pa.array(per_row(cos), pa.float64())
+    return pa.table(cols)
+
+
+def _analyse(
+    ref,
+    out,
+    res,
+    rules,
+    percentile,
+    resamples,
+    dup_distance,
+    dup_cosine,
+    k_neurons,
+    k_images,
+    outlier_pct,
+    seed,
+):
+    """The night's verdict from its finished job directory ``out``: flags, duplicates, drift with its
+    null, outliers, driving images; writes flags.parquet and returns the `CheckResult`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..stats.vdna import load_vdna_from_files
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    night_sha = hashlib.sha256(
+        (
+            manifest["settings"]["item_ids_sha256"]
+            + json.dumps(manifest["settings"]["source"], sort_keys=True)
+        ).encode()
+    ).hexdigest()
+    rows = pq.read_table(out / "rows")
+    ok_mask = _column(rows, "status") == "ok"
+    ok = rows.filter(pa.array(ok_mask))
+    n = ok.num_rows
+    ref_images = ref.images()
+    th = thresholds_from(
+        {c: _column(ref_images, c) for c in (*QUALITY_COLUMNS, "width", "height")}, percentile
+    )
+    flags = flag_images({c: _column(ok, c) for c in (*QUALITY_COLUMNS, "width", "height")}, th)
+    ok_ids, ok_uris = ok["id"].to_pylist(), ok["uri"].to_pylist()
+    ref_ids, ref_uris = ref_images["id"].to_pylist(), ref_images["uri"].to_pylist()
+    dup = _duplicates(ok, ref_images, dup_distance, dup_cosine)
+    # drift
+    night_hist = load_vdna_from_files(out / ref.hist_name)
+    night_gauss = load_vdna_from_files(out / "layer-gaussian")
+    ref_hist, ref_gauss = ref.vdna(ref.hist_name), ref.vdna("layer-gaussian")
+    layers = list(ref.meta["layers"])
+    pool = pool_view(ref.pool())
+    stats = drift_statistics(
+        {k: night_hist.data[k].numpy() for k in layers},
+        {k: ref_hist.data[k].numpy() for k in layers},
+        {k: (night_gauss.data[k]["mu"].numpy(), night_gauss.data[k]["sigma"].numpy()) for k in layers},
+        {k: (ref_gauss.data[k]["mu"].numpy(), ref_gauss.data[k]["sigma"].numpy()) for k in layers},
+        pool,
+        n,
+        int(ref.meta["images"]),
+        resamples=resamples,
+        seed=seed,
+    )
+    # per-image neuron means of the night, in the order of the ok rows
+    neurons = load_pool(out / "neurons.npz")
+    where = {i: k for k, i in enumerate(neurons["ids"].tolist())}
+    means = neurons["means"][[where[i] for i in ok_ids]].astype(np.float64).reshape(n, -1)
+    mu = np.concatenate([ref_gauss.data[k]["mu"].numpy() for k in layers])
+    var = np.concatenate([np.diagonal(ref_gauss.data[k]["sigma"].numpy()) for k in layers])
+    outl = _outliers(means, pool["means"].astype(np.float64), mu, var, outlier_pct)
+    top_list, driving_score = _top_neurons(
+        stats, means, mu, var, ref_hist, night_hist, ok_ids, ok_uris, k_neurons, k_images
+    )
+    table = _flags_table(rows, ok_mask, flags, dup, outl, driving_score, ok_ids, ref_ids)
+    _write_atomic(out / "flags.parquet", lambda tmp: pq.write_table(table, tmp))
+    n_all = rows.num_rows
+    counts = {
+        "images_in": int(res.images_in),
+        "processed": int(n),
+        "failed": int(n_all - n),
+        "flags": {f: int(flags[f].sum()) for f in FLAGS},
+        "duplicates": int((dup["dup_of"] >= 0).sum()),
+        "duplicate_groups": len(dup["groups"]),
+        "duplicates_reference": int(dup["ref_dup"].sum()),
+        "outliers": int(outl["is_outlier"].sum()),
+    }
+    assert counts["images_in"] == counts["processed"] + counts["failed"] == n_all
+    drift = _drift_summary(stats)
     evaluated = [_evaluate(r, counts, drift) for r in rules]
     verdict = "fail" if any(e["fails"] for e in evaluated) else "pass"
-    order = np.argsort(-scores, kind="stable")[:k_images]
+    scores = outl["scores"]
     outliers = [
         {
             "id": ok_ids[i],
             "uri": ok_uris[i],
             "score": float(scores[i]),
-            "percentile": float(outlier_pct_of[i]),
-            "rank": int(rank[i]),
+            "percentile": float(outl["percentile"][i]),
+            "rank": int(outl["rank"][i]),
         }
-        for i in order.tolist()
+        for i in np.argsort(-scores, kind="stable")[:k_images].tolist()
     ]
     drive_order = np.argsort(-driving_score, kind="stable")[:k_images]
     driving = [
         {"id": ok_ids[i], "uri": ok_uris[i], "score": float(driving_score[i])} for i in drive_order.tolist()
     ]
+
+    def ref_match(i):
+        j = int(dup["ref_index"][i])
+        d, c = int(dup["ref_distance"][i]), dup["ref_cosine"][i]
+        m = {"id": ok_ids[i], "uri": ok_uris[i], "reference_id": ref_ids[j], "reference_uri": ref_uris[j]}
+        m["distance"] = d if d <= 64 else None
+        if dup["embeddings"]:
+            m["cosine"] = float(c)
+        return m
+
     duplicates = {
-        "within": [[{"id": ok_ids[i], "uri": ok_uris[i]} for i in g] for g in dup_groups[:50]],
-        "reference": [
-            {
-                "id": ok_ids[i],
-                "uri": ok_uris[i],
-                "reference_id": ref_ids[near[i]],
-                "reference_uri": ref_uris[near[i]],
-                "distance": int(near_d[i]),
-            }
-            for i in np.nonzero(is_ref_dup)[0].tolist()[:50]
-        ],
+        "within": [[{"id": ok_ids[i], "uri": ok_uris[i]} for i in g] for g in dup["groups"][:50]],
+        "reference": [ref_match(i) for i in np.nonzero(dup["ref_dup"])[0].tolist()[:50]],
     }
     flagged = {
         f: [{"id": ok_ids[i], "uri": ok_uris[i]} for i in np.nonzero(flags[f])[0].tolist()[:k_images]]
@@ -868,8 +955,9 @@ def _analyse(
         "percentile": percentile,
         "resamples": resamples,
         "dup_distance": dup_distance,
+        "dup_cosine": dup_cosine if dup["embeddings"] else None,
         "outlier_percentile": outlier_pct,
-        "outlier_threshold": out_th,
+        "outlier_threshold": outl["threshold"],
         "seed": seed,
         "night_sha256": night_sha,
         "flagged_examples": flagged,

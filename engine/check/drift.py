@@ -55,10 +55,25 @@ class NeuronPool(Part):
     needs = frozenset({"features"})
 
     def __init__(
-        self, pool=(), *, means: str = "pool", bins: int = 0, file: str = "pool.npz", reference=None
+        self,
+        pool=(),
+        *,
+        means: str = "pool",
+        bins: int = 0,
+        file: str = "pool.npz",
+        reference=None,
+        histogram: str | None = None,
+        ranges=None,
     ):
         if means not in ("pool", "all"):
             raise ValueError(f"means must be 'pool' or 'all', got {means!r}")
+        # histogram="histogram-<bins>": also write the dataset's histogram VDNA under that name, as the sum
+        # of the per-image histograms computed for emd:reference (the same counts as the Distributions
+        # part's, without binning every activation a second time). Needs the reference.
+        if histogram is not None and (reference is None or histogram != f"histogram-{int(bins)}"):
+            raise ValueError(f"histogram={histogram!r} needs reference= and the name histogram-{int(bins)}")
+        self.histogram = histogram
+        self.ranges_file = ranges  # used when no other part fixed the job's ranges.json
         self.pool = sorted(set(pool))
         self.means, self.bins, self.file = means, int(bins), file
         # {layer: int64 counts [C, bins]}: adds each image's EMD to it (mean over neurons) as emd:reference,
@@ -73,15 +88,16 @@ class NeuronPool(Part):
             for k, v in self.reference.items():
                 h.update(k.encode() + b"\0" + np.ascontiguousarray(v, dtype=np.int64).tobytes())
             ref = h.hexdigest()
-        return {
-            "neuron_pool": {
-                "pool_sha256": digest,
-                "means": self.means,
-                "bins": self.bins,
-                "file": self.file,
-                "reference_sha256": ref,
-            }
+        out = {
+            "pool_sha256": digest,
+            "means": self.means,
+            "bins": self.bins,
+            "file": self.file,
+            "reference_sha256": ref,
         }
+        if self.histogram is not None:
+            out["histogram"] = self.histogram
+        return {"neuron_pool": out}
 
     def fields(self) -> list:
         import pyarrow as pa
@@ -94,8 +110,14 @@ class NeuronPool(Part):
         from ..stats.ranges import Ranges
 
         self._layers = dict(job.ex.layers)
-        # the Distributions part, before this one, fixed the ranges
-        self.ranges = Ranges.from_json(json.loads((job.out / "ranges.json").read_text()))
+        path = job.out / "ranges.json"
+        if not path.is_file():  # no histogram in the Distributions part: this part fixes the ranges
+            if self.ranges_file is None:
+                raise ValueError("NeuronPool needs the job's ranges.json or ranges=")
+            from ..stats.vdna import load_ranges
+
+            job.write_json(path, load_ranges(self.ranges_file).to_json())
+        self.ranges = Ranges.from_json(json.loads(path.read_text()))
 
     def bind(self, worker) -> None:
         from neuroprint.kernels.histogram import norm_params
@@ -112,6 +134,12 @@ class NeuronPool(Part):
 
     def start_shard(self) -> None:
         self._ids, self._means, self._pool_ids, self._hists = [], [], [], []
+        self._reducer = self._new_reducer() if self.histogram is not None else None
+
+    def _new_reducer(self):
+        from ..stats.reducers import HistogramReducer
+
+        return HistogramReducer(self._layers, self.bins, self.ranges)
 
     def columns(self, batch, feats) -> dict:
         keep = [i for i, it in enumerate(batch.items) if self.means == "all" or it.id in self._pool]
@@ -124,6 +152,12 @@ class NeuronPool(Part):
         emd = []
         if rows:
             hc = self._histograms(feats, rows)  # [len(rows), neurons, bins]
+            if self._reducer is not None:  # every row of the batch: the dataset histogram is their sum
+                total, c0 = hc.sum(0).cpu(), 0
+                for k, c in self._layers.items():
+                    self._reducer.counts[k] += total[c0 : c0 + c]
+                    c0 += c
+                self._reducer.count += len(rows)
             if self._ref_cdf is not None:
                 cdf = torch.cumsum(hc.double() / hc.sum(2, keepdim=True).clamp(min=1), 2)
                 emd = (cdf - self._ref_cdf[None]).abs().sum(2).mean(1).cpu().tolist()
@@ -156,7 +190,9 @@ class NeuronPool(Part):
 
     def shard_state(self) -> dict:
         f = sum(self._layers.values())
+        hist = {} if self._reducer is None else {f"hist:{k}": v for k, v in self._reducer.state().items()}
         return {
+            **hist,
             "pool:ids": np.array(self._ids, dtype=str) if self._ids else np.zeros(0, dtype="<U1"),
             "pool:means": np.concatenate(self._means) if self._means else np.zeros((0, f), np.float32),
             "pool:pool_ids": np.array(self._pool_ids, dtype=str) if self._pool_ids else np.zeros(0, "<U1"),
@@ -166,16 +202,30 @@ class NeuronPool(Part):
     def merge_state(self, arrays: dict) -> None:
         if getattr(self, "_merged", None) is None:
             self._merged = []
+            self._merged_hist = self._new_reducer() if self.histogram is not None else None
         self._merged.append({k[5:]: arrays[k] for k in arrays if k.startswith("pool:")})
+        if self._merged_hist is not None:
+            part = self._new_reducer().load_state({k[5:]: arrays[k] for k in arrays if k.startswith("hist:")})
+            self._merged_hist.merge(part)
 
     def finish(self, job) -> dict:
         merged, self._merged = getattr(self, "_merged", None) or [], None
+        vdnas = {}
+        hist, self._merged_hist = getattr(self, "_merged_hist", None), None
+        if hist is not None and hist.count:
+            from ..stats.profile import build_vdnas
+
+            vdnas = build_vdnas(
+                [self.histogram], [hist], job.ex, job.recipe, job.dtype, job.source, job.failures,
+                self.ranges, job.data_settings(), job.extraction_settings(), decoder=job.decoder,
+            )  # fmt: skip
+            vdnas[self.histogram].save(job.out / self.histogram)
         out = {k: np.concatenate([m[k] for m in merged]) for k in ("ids", "means", "pool_ids", "hists")}
         out["ids"], out["pool_ids"] = out["ids"].astype(str), out["pool_ids"].astype(str)
         out["layers"] = np.array(list(self._layers), dtype=str)
         out["channels"] = np.array(list(self._layers.values()), dtype=np.int64)
         save_pool(job.out / self.file, out)
-        return {}
+        return vdnas
 
 
 def pool_view(arrays: dict) -> dict:

@@ -101,6 +101,13 @@ def _cell(thumbs, item_id, uri, caption="") -> str:
     )
 
 
+def _match_label(x: dict) -> str:
+    """How a night image matches its reference copy: pHash distance, embedding cosine or both."""
+    parts = [f"distance {x['distance']}" if x.get("distance") is not None else None]
+    parts.append(f"cosine {x['cosine']:.3f}" if x.get("cosine") is not None else None)
+    return "reference, " + ", ".join(p for p in parts if p)
+
+
 def _bars_svg(title: str, labels, values, bands, ps, resamples: int) -> str:
     """Horizontal bars (the night's statistic) over the null's p5-p99 band (grey) and median (tick)."""
     w, row, left = 760, 26, 200
@@ -296,7 +303,7 @@ def write_report(path, result, ref, night_dir, history=None, source=None) -> Non
             out.append(
                 "<div class='grid'>"
                 + _cell(thumbs, x["id"], x["uri"], "tonight")
-                + _cell(thumbs, x["reference_id"], x["reference_uri"], f"reference, distance {x['distance']}")
+                + _cell(thumbs, x["reference_id"], x["reference_uri"], _match_label(x))
                 + "</div>"
             )
     out.append("<h2>Trend over past nights</h2>")

@@ -51,7 +51,7 @@ EPILOG = textwrap.dedent(
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..check import DEFAULT_BINS, DEFAULT_DUP_DISTANCE, DEFAULT_POOL
+    from ..check import DEFAULT_BINS, DEFAULT_DUP_COSINE, DEFAULT_DUP_DISTANCE, DEFAULT_POOL
 
     p = subparsers.add_parser(
         "check",
@@ -91,6 +91,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_DUP_DISTANCE,
         help="near-duplicates: max pHash distance in bits",
+    )
+    p.add_argument(
+        "--dup-cosine",
+        type=float,
+        default=DEFAULT_DUP_COSINE,
+        help="near-duplicates: min embedding cosine (references built with --embeddings)",
+    )
+    p.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="reference: keep each image's embedding, so that nights find near-duplicates by embedding too",
     )
     p.add_argument("--top-neurons", type=int, default=8, help="drifting neurons shown with their images")
     p.add_argument(
@@ -146,6 +157,7 @@ def run(args) -> int:
             pool_size=args.pool_size,
             shard_size=args.shard_size,
             seed=args.seed,
+            embeddings=args.embeddings,
             **job,
         )
         m = ref.meta
@@ -155,6 +167,10 @@ def run(args) -> int:
         return 0
     if not args.source or not args.reference:
         raise CheckError("give TONIGHT and --reference REF (or --build-reference SRC to make a reference)")
+    if args.embeddings:
+        raise CheckError(
+            "--embeddings is a --build-reference option: a night computes embeddings when its reference keeps them"
+        )
     res = check(
         args.source,
         args.reference,
@@ -164,6 +180,7 @@ def run(args) -> int:
         percentile=args.percentile,
         resamples=args.resamples,
         dup_distance=args.dup_distance,
+        dup_cosine=args.dup_cosine,
         top_neurons=args.top_neurons,
         outlier_percentile=args.outlier_percentile,
         extractor=args.extractor,
