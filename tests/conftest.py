@@ -126,3 +126,14 @@ def kill_after_first_shard(args: list, env: dict, manifest: Path, timeout: float
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return json.loads(manifest.read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_ranges(image_sets, tmp_path_factory):
+    """Activation ranges of TINY (random weights) over ``image_sets["good"]``, saved as a VDNA file."""
+    from neuroprint import profile
+
+    path = tmp_path_factory.mktemp("tiny_ranges") / "ranges"
+    kw = dict(extractor=TINY, weights="random", batch_size=3, num_workers=1, progress=False, device="cpu")
+    profile(image_sets["good"], "activation-ranges", **kw)["activation-ranges"].save(path)
+    return path

@@ -16,14 +16,8 @@ from neuroprint.stats.vdna import IncompatibleVDNAError, check_compatible
 KW = dict(extractor=TINY, weights="random", batch_size=3, num_workers=1, progress=False, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def ranges(image_sets, tmp_path_factory):
-    path = tmp_path_factory.mktemp("prec") / "ranges"
-    profile(image_sets["good"], "activation-ranges", **KW)["activation-ranges"].save(path)
-    return path
-
-
-def test_fp32_job_records_its_precision_and_moves_few_counts(image_sets, ranges, tmp_path):
+def test_fp32_job_records_its_precision_and_moves_few_counts(image_sets, tiny_ranges, tmp_path):
+    ranges = tiny_ranges
     exact = run_job(image_sets["good"], tmp_path / "fp64", "histogram-200", ranges=ranges, **KW)
     fast = run_job(
         image_sets["good"],
@@ -64,7 +58,8 @@ def test_fp32_job_records_its_precision_and_moves_few_counts(image_sets, ranges,
         )
 
 
-def test_profile_api_and_cli_take_the_precision(image_sets, ranges, tmp_path):
+def test_profile_api_and_cli_take_the_precision(image_sets, tiny_ranges, tmp_path):
+    ranges = tiny_ranges
     v = profile(image_sets["good"], "histogram-50", ranges=ranges, histogram_precision="fp32", **KW)
     assert v["histogram-50"].meta["histogram_precision"] == "fp32"
     with pytest.raises(ValueError, match="precision"):

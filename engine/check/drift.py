@@ -175,7 +175,7 @@ class NeuronPool(Part):
     def _histograms(self, feats, rows: list) -> torch.Tensor:
         """Each image's own per-neuron histograms, int64 [len(rows), neurons, bins], in one kernel call
         per layer: the images' channels become the channels of one image (the same binning, op by op)."""
-        from neuroprint.kernels.histogram import neuron_histogram
+        from neuroprint.kernels.histogram import _CHUNK_ELEMENTS, neuron_histogram
 
         out = []
         for k in self._layers:
@@ -183,9 +183,19 @@ class NeuronPool(Part):
             if rows != list(range(x.shape[0])):
                 x = x[torch.as_tensor(rows, device=x.device)]
             b, p, c = x.shape
-            xc = x.transpose(1, 2).reshape(1, b * c, p).transpose(1, 2)  # [1, P, B*C], channel-major
             mean, std = self._params[k]
-            out.append(neuron_histogram(xc, mean.repeat(b), std.repeat(b), self.bins).view(b, c, self.bins))
+            # On the CPU, groups of images of about one chunk of the reference path (a call is one chunk:
+            # its images are one image's channels, and larger float64 buffers cost page faults and cache)
+            g = b if x.is_cuda else max(1, _CHUNK_ELEMENTS // max(1, c * p))
+            parts = []
+            for s0 in range(0, b, g):
+                xs = x[s0 : s0 + g]
+                n = xs.shape[0]
+                xc = xs.transpose(1, 2).reshape(1, n * c, p).transpose(1, 2)  # [1, P, n*C], channel-major
+                parts.append(
+                    neuron_histogram(xc, mean.repeat(n), std.repeat(n), self.bins).view(n, c, self.bins)
+                )
+            out.append(torch.cat(parts) if len(parts) > 1 else parts[0])
         return torch.cat(out, dim=1)
 
     def shard_state(self) -> dict:
