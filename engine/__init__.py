@@ -27,36 +27,59 @@ from ._errors import (
     WeightsError,
 )
 from ._version import __version__
-from .extractors import create_extractor, list_extractors
-from .io.recipe import Recipe
-from .io.sources import Item, Source, open_source
-from .jobs import JobError, JobResult, run_job
-from .stats.distances import EMD, FD, NFD, earth_movers_distance, frechet_distance, frechet_distance_1d
-from .stats.profile import VDNAProcessor, profile
-from .stats.ranges import Ranges
-from .stats.scoring import emd_matrix, score_images
-from .stats.vdna import (
-    VDNA,
-    VDNAActivationRanges,
-    VDNAGauss,
-    VDNAHist,
-    VDNALayerGauss,
-    get_vdna,
-    load_ranges,
-    load_vdna_from_files,
-    load_vdna_from_hub,
-)
+
+# Everything else is imported on first use (PEP 562), so that ``import neuroprint`` and the command line
+# start without torch: ``neuroprint profile --resume`` on a complete job answers before torch is loaded.
+_LAZY = {
+    "create_extractor": "extractors",
+    "list_extractors": "extractors",
+    "Recipe": "io.recipe",
+    "Item": "io.sources",
+    "Source": "io.sources",
+    "open_source": "io.sources",
+    "JobError": "jobs",
+    "JobResult": "jobs",
+    "run_job": "jobs",
+    "EMD": "stats.distances",
+    "FD": "stats.distances",
+    "NFD": "stats.distances",
+    "earth_movers_distance": "stats.distances",
+    "frechet_distance": "stats.distances",
+    "frechet_distance_1d": "stats.distances",
+    "VDNAProcessor": "stats.profile",
+    "profile": "stats.profile",
+    "Ranges": "stats.ranges",
+    "emd_matrix": "stats.scoring",
+    "score_images": "stats.scoring",
+    "VDNA": "stats.vdna",
+    "VDNAActivationRanges": "stats.vdna",
+    "VDNAGauss": "stats.vdna",
+    "VDNAHist": "stats.vdna",
+    "VDNALayerGauss": "stats.vdna",
+    "get_vdna": "stats.vdna",
+    "load_ranges": "stats.vdna",
+    "load_vdna_from_files": "stats.vdna",
+    "load_vdna_from_hub": "stats.vdna",
+}
 
 # The engine's other capabilities are submodules, imported on first use (``neuroprint.dedup`` etc.).
 _SUBMODULES = ("check", "dedup", "explain", "fungi", "kernels", "visualize")
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = [

@@ -108,24 +108,26 @@ def image_sets(tmp_path_factory):
 
 
 def kill_after_first_shard(args: list, env: dict, manifest: Path, timeout: float = 120) -> dict:
-    """Start the command ``args``, SIGKILL it once ``manifest`` lists a finished shard; the manifest then."""
-    import json
+    """Start the command ``args``, SIGKILL it once ``manifest`` (with its shard log) lists a finished shard;
+    the manifest then."""
     import signal
     import subprocess
     import time
+
+    from neuroprint.jobs import read_manifest
 
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
-            if json.loads(manifest.read_text())["finished"]:
+            if read_manifest(manifest.parent)["finished"]:
                 break
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return json.loads(manifest.read_text())
+    return read_manifest(manifest.parent)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ from agreement import LEVEL_FLOAT32, assert_rows_agree, assert_vdnas_agree
 from conftest import TINY
 
 from neuroprint import profile
-from neuroprint.jobs import run_job
+from neuroprint.jobs import read_manifest, run_job
 
 ray = pytest.importorskip("ray")
 
@@ -78,7 +77,7 @@ def test_killed_actor_loses_no_row(many, tmp_path):
     deadline = time.time() + 180
     while time.time() < deadline and t.is_alive() and not killed:
         try:
-            finished = json.loads((out / "manifest.json").read_text())["finished"]
+            finished = read_manifest(out)["finished"]
         except (OSError, ValueError, KeyError):
             finished = {}
         if finished:

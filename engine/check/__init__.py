@@ -36,6 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import NeuroprintError
+from .._names import (
+    CHECK_DEFAULT_BINS,
+    CHECK_DEFAULT_DUP_COSINE,
+    CHECK_DEFAULT_DUP_DISTANCE,
+    CHECK_DEFAULT_POOL,
+)
 from ..jobs.job import _write_atomic
 from .drift import NeuronPool, drift_statistics, load_pool, merge_pools, pool_ids, pool_view, save_pool
 from .quality import FLAGS, QUALITY_COLUMNS, Quality, flag_images, thresholds_from
@@ -56,11 +62,9 @@ logger = logging.getLogger(__name__)
 REFERENCE_FORMAT = "neuroprint-check-reference/1"
 SUMMARY_FORMAT = "neuroprint-check-summary/1"
 DEFAULT_RULES = ("drift:p<0.01",)
-DEFAULT_BINS = 64
-DEFAULT_POOL = 512
-DEFAULT_DUP_DISTANCE = 4
-# Embedding cosine at or above which two images are near-duplicates (references built with embeddings).
-DEFAULT_DUP_COSINE = 0.95
+# the defaults the CLI's parser reads without torch (neuroprint._names)
+DEFAULT_BINS, DEFAULT_POOL = CHECK_DEFAULT_BINS, CHECK_DEFAULT_POOL
+DEFAULT_DUP_DISTANCE, DEFAULT_DUP_COSINE = CHECK_DEFAULT_DUP_DISTANCE, CHECK_DEFAULT_DUP_COSINE
 HASHES = ("phash", "dhash")
 IMAGE_COLUMNS = ("id", "uri", "width", "height", *QUALITY_COLUMNS, *HASHES)
 

@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --out-dir: compute at most this many shards now, then stop (--resume continues)",
     )
     pr.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="with --out-dir on a complete job: re-list the source, check it against the job and rebuild "
+        "the outputs (without it, a complete job asked again is reported done at once)",
+    )
+    pr.add_argument(
         "--hashes",
         type=lambda v: [h.strip() for h in v.split(",") if h.strip()],
         default=[],
@@ -286,7 +292,16 @@ def _dtype(name: str):
 
 
 # Options that change how a job runs, never what it computes: a --resume takes them from the new command.
-_RUNTIME_ARGS = ("device", "num_workers", "ray", "num_actors", "ray_address", "quiet", "max_shards")
+_RUNTIME_ARGS = (
+    "device",
+    "num_workers",
+    "ray",
+    "num_actors",
+    "ray_address",
+    "quiet",
+    "max_shards",
+    "rebuild",
+)
 # Options that may name local files: recorded as absolute paths so that a resume works from any folder.
 _PATH_ARGS = ("source", "ranges", "weights")
 
@@ -331,6 +346,18 @@ def _apply_resume(args) -> None:
 
 
 def cmd_profile(args) -> int:
+    if args.resume and args.source is None and not args.rebuild and args.out_dir is not None:
+        from .._stamps import complete_job
+
+        done = complete_job(args.out_dir)  # before torch is imported: nothing to do takes no time
+        if done is not None:
+            s = done["summary"]
+            print(
+                f"{args.out_dir}: {s['images_in']} images in = {s['processed']} processed + {s['failed']} failed "
+                f"(0 of {len(done['finished'])} shards computed now); VDNAs: {', '.join(done['outputs'])} "
+                "(the job was already complete: nothing computed; --rebuild redoes the outputs)"
+            )
+            return 0
     from ..stats.profile import profile
 
     if args.resume:
@@ -439,6 +466,7 @@ def _profile_job(args, dists) -> int:
         decoder=args.decoder,
         command=_recorded_command(args),
         max_shards=args.max_shards,
+        rebuild=args.rebuild,
         hashes=args.hashes,
         fungi=_fungi_options(args),
         max_pixels=args.max_pixels,
@@ -451,9 +479,11 @@ def _profile_job(args, dists) -> int:
             f"continue with: neuroprint profile --resume --out-dir {res.out_dir}"
         )
         return 0
+    done = " (the job was already complete: nothing computed; --rebuild redoes the outputs)"
     print(
         f"{res.out_dir}: {res.images_in} images in = {res.processed} processed + {res.failed} failed "
         f"({res.shards_run} of {res.shards_total} shards computed now); VDNAs: {', '.join(res.vdnas)}"
+        + (done if res.shards_run == 0 and res.reused else "")
     )
     return 0
 

@@ -51,7 +51,10 @@ EPILOG = textwrap.dedent(
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..check import DEFAULT_BINS, DEFAULT_DUP_COSINE, DEFAULT_DUP_DISTANCE, DEFAULT_POOL
+    from .._names import CHECK_DEFAULT_BINS as DEFAULT_BINS
+    from .._names import CHECK_DEFAULT_DUP_COSINE as DEFAULT_DUP_COSINE
+    from .._names import CHECK_DEFAULT_DUP_DISTANCE as DEFAULT_DUP_DISTANCE
+    from .._names import CHECK_DEFAULT_POOL as DEFAULT_POOL
 
     p = subparsers.add_parser(
         "check",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..io.decode import DEFAULT_MAX_PIXELS
+from ..io._limits import DEFAULT_MAX_PIXELS
 
 __all__ = ["DEFAULT_MAX_PIXELS", "UNIT_FORMS", "max_pixels_arg", "num_images_arg", "parse_units"]
 

@@ -18,17 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..fungi.build import (
-    JOB_DEFAULTS,
-    MODES,
-    OBJECTIVES,
-    _build_model,
-    _configs,
-    _default_layer,
-    _objectives,
-)
-from ..fungi.build import item_generator as _item_generator  # noqa: F401
-from ..stats.profile import resolve_device
+from .._names import FUNGI_MODES as MODES
+from .._names import FUNGI_OBJECTIVES as OBJECTIVES
 from .common import add_shared
 
 __all__ = ["OBJECTIVES", "add_parser", "run"]
@@ -121,6 +112,7 @@ def run(args) -> int:
 
     from .._version import __version__
     from ..fungi import PCA
+    from ..fungi.build import JOB_DEFAULTS, _build_model, _configs, _default_layer, _objectives
     from ..jobs import run_job
 
     configs = _configs()
@@ -130,6 +122,8 @@ def run(args) -> int:
     if args.pca and args.pca_from:
         raise ValueError("--pca fits a PCA and --pca-from applies one: give one of them")
     out_dir = Path(args.out_dir)
+    from ..stats.profile import resolve_device
+
     device = resolve_device(args.device)
     opts = {key: getattr(args, key) for key in JOB_DEFAULTS}
     # The features are a signatures-only job: sharded rows, resumable, local or on Ray actors.

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import torch
 
-from .hashes import hamming_distance, hamming_pairs
+from .hashes import hamming_pairs
 from .settings import KEEP_POLICIES
 
 logger = logging.getLogger(__name__)
@@ -294,14 +294,28 @@ def keep_ranking(
             score = (e @ centre).numpy().astype(np.float64)
             why = "closest to the group centre (embedding)"
         elif hashes is not None:
-            h = torch.as_tensor(np.asarray(hashes)[members])
-            score = -hamming_distance(h[:, None], h[None, :]).sum(dim=1).numpy().astype(np.float64)
+            score = -hash_distance_sums(np.asarray(hashes)[members]).astype(np.float64)
             why = "closest to the group centre (hash medoid)"
         else:
             raise ValueError("keep policy 'centre' needs embeddings or hashes")
         order = np.lexsort((members, -score))
         return members[order], [why] * len(members)
     raise ValueError(f"unknown keep policy {policy!r}; expected one of {', '.join(KEEP_POLICIES)}")
+
+
+def hash_distance_sums(hashes: np.ndarray) -> np.ndarray:
+    """Each hash's total Hamming distance to all of ``hashes`` (int64 [m], or [m, w] words), in O(m x 64)
+    per word without the m x m matrix: at each bit, a hash differs from the members holding the other
+    value, so its sum is the count of ones where it has a zero plus the count of zeros where it has a one."""
+    h = np.ascontiguousarray(np.asarray(hashes, dtype=np.int64))
+    m = h.shape[0]
+    bits = np.unpackbits(h.reshape(m, -1).view(np.uint8), axis=1)  # uint8 [m, 64 w]
+    ones = bits.sum(axis=0, dtype=np.int64)
+    # sum_b ones_b + bit_ib (m - 2 ones_b), in row blocks (no [m, 64] int64 copy of a large group)
+    weight, out = m - 2 * ones, np.empty(m, dtype=np.int64)
+    for s in range(0, m, 65536):
+        out[s : s + 65536] = bits[s : s + 65536].astype(np.int64) @ weight + ones.sum()
+    return out
 
 
 def choose_keep(

@@ -10,6 +10,10 @@ import hashlib
 import logging
 from pathlib import Path
 
+# Names only (neuroprint._names, importable without torch; test_fungi_cli checks MODES against fungi.MODES)
+from .._names import FUNGI_MODES as MODES
+from .._names import FUNGI_OBJECTIVES as OBJECTIVES
+
 __all__ = [
     "JOB_DEFAULTS",
     "MODES",
@@ -21,10 +25,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Names only: torch and the objectives are imported when the command runs, so `neuroprint --help` is fast.
-OBJECTIVES = ("kl", "dino", "simclr")
-MODES = ("compat", "fixed")  # neuroprint.fungi.MODES (test_fungi_cli checks they agree)
 
 
 def _configs():

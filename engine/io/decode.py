@@ -55,9 +55,7 @@ def _one_line(text: object) -> str:
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-# Images above this many pixels are failures, never decoded: a 100 MP RGB image is 300 MB decoded, and
-# PIL's own bomb guard only warns up to 179 MP (and fails at twice that). 0 disables the limit.
-DEFAULT_MAX_PIXELS = 100_000_000
+from ._limits import DEFAULT_MAX_PIXELS  # noqa: E402 - re-exported here (images above it are failures)
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:

@@ -36,7 +36,7 @@ from .._errors import DecodeError, EmptySourceError, SourceError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "Item", "Source", "open_source"]
+__all__ = ["IMAGE_EXTENSIONS", "Item", "ItemList", "Source", "open_source"]
 
 # vdna's IM_EXTENSIONS, lower-cased (the match is case-insensitive).
 IMAGE_EXTENSIONS = ("bmp", "jpeg", "jpg", "npy", "pgm", "png", "ppm", "tif", "tiff", "webp")
@@ -55,6 +55,192 @@ class Item:
     id: str  # stable, unique within the source: the key of every output row
     uri: str  # where the image came from, for humans and the output tables
     ref: Any = field(default=None, repr=False)  # the source's private handle: a path or a row/array index
+
+
+class ItemList(Sequence):
+    """A source's items stored column-wise (Arrow strings), made into `Item` objects only when read.
+
+    About 16 bytes per item plus the id and uri text (a folder's uris are its root plus the id, stored
+    once), where a list of `Item` objects costs about 0.4 KB per item; slicing shares the buffers, so a
+    job's shards are views. ``refs``: None (each item's ref is its uri), "index" (the item's position in
+    the list it was first built as), or one value per item (an Arrow array, or a list for other objects).
+    """
+
+    __slots__ = ("_ids", "_uris", "_prefix", "_refs", "_base")
+    _CHUNK = 8192
+
+    def __init__(self, ids, uris=None, refs=None, *, uri_prefix: str | None = None, base: int = 0) -> None:
+        import pyarrow as pa
+
+        def strings(values):
+            return values if isinstance(values, pa.Array) else pa.array(values, type=pa.large_string())
+
+        self._ids = strings(ids)
+        if (uris is None) == (uri_prefix is None):
+            raise ValueError("give exactly one of uris and uri_prefix")
+        self._uris = None if uris is None else strings(uris)
+        self._prefix = uri_prefix
+        if refs is not None and not isinstance(refs, str) and len(refs) != len(self._ids):
+            raise ValueError(f"{len(refs)} refs for {len(self._ids)} items")
+        if refs is not None and not isinstance(refs, (str, pa.Array, list)):
+            refs = list(refs)
+        self._refs, self._base = refs, int(base)
+
+    @classmethod
+    def from_items(cls, items) -> ItemList:
+        """The columns of a list of `Item` (refs stored as an Arrow array when they are all str or all int)."""
+        import pyarrow as pa
+
+        if isinstance(items, ItemList):
+            return items
+        items = list(items)
+        ids = [it.id for it in items]
+        uris = [it.uri for it in items]
+        refs = [it.ref for it in items]
+        if all(r == u for r, u in zip(refs, uris)):
+            return cls(ids, uris)
+        if all(type(r) is int for r in refs) and refs == list(range(len(refs))):
+            return cls(ids, uris, "index")
+        if all(type(r) is str for r in refs):
+            return cls(ids, uris, pa.array(refs, type=pa.large_string()))
+        if all(type(r) is int for r in refs):
+            return cls(ids, uris, pa.array(refs, type=pa.int64()))
+        return cls(ids, uris, refs)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _slice(self, start: int, stop: int) -> ItemList:
+        new = object.__new__(ItemList)
+        new._ids = self._ids.slice(start, stop - start)
+        new._uris = None if self._uris is None else self._uris.slice(start, stop - start)
+        new._prefix = self._prefix
+        if self._refs is None or isinstance(self._refs, str):
+            new._refs = self._refs
+        elif isinstance(self._refs, list):
+            new._refs = self._refs[start:stop]
+        else:
+            new._refs = self._refs.slice(start, stop - start)
+        new._base = self._base + start
+        return new
+
+    def _chunk(self, start: int, stop: int) -> list[Item]:
+        ids = self._ids.slice(start, stop - start).to_pylist()
+        if self._uris is None:
+            uris = [self._prefix + i for i in ids]
+        else:
+            uris = self._uris.slice(start, stop - start).to_pylist()
+        if self._refs is None:
+            refs = uris
+        elif isinstance(self._refs, str):
+            refs = range(self._base + start, self._base + stop)
+        elif isinstance(self._refs, list):
+            refs = self._refs[start:stop]
+        else:
+            refs = self._refs.slice(start, stop - start).to_pylist()
+        return [Item(i, u, r) for i, u, r in zip(ids, uris, refs)]
+
+    def __getitem__(self, i):
+        n = len(self)
+        if isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if step != 1:
+                return ItemList.from_items([self[k] for k in range(start, stop, step)])
+            return self._slice(start, max(start, stop))
+        i = int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"item index {i} out of range for {n} items")
+        return self._chunk(i, i + 1)[0]
+
+    def __iter__(self) -> Iterator[Item]:
+        for s in range(0, len(self), self._CHUNK):
+            yield from self._chunk(s, min(len(self), s + self._CHUNK))
+
+    def take(self, indices) -> ItemList:
+        """The items at ``indices`` (in that order), as a new list (refs "index" keep their positions)."""
+        import pyarrow as pa
+
+        idx = pa.array(np.asarray(indices, dtype=np.int64))
+        new = object.__new__(ItemList)
+        new._ids = self._ids.take(idx)
+        new._uris = None if self._uris is None else self._uris.take(idx)
+        new._prefix = self._prefix
+        if self._refs is None:
+            new._refs = None
+        elif isinstance(self._refs, str):
+            new._refs = pa.array(np.asarray(indices, dtype=np.int64) + self._base)
+        elif isinstance(self._refs, list):
+            new._refs = [self._refs[int(k)] for k in np.asarray(indices)]
+        else:
+            new._refs = self._refs.take(idx)
+        new._base = 0
+        return new
+
+    def ids_sha256(self) -> str:
+        """sha256 of the ids joined by newlines (UTF-8), computed chunk by chunk."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for s in range(0, len(self), self._CHUNK):
+            ids = self._ids.slice(s, self._CHUNK).to_pylist()
+            h.update((("\n" if s else "") + "\n".join(ids)).encode())
+        return h.hexdigest()
+
+    def nbytes(self) -> int:
+        """Bytes held by the columns (Arrow buffers; a list of other refs is not counted)."""
+        n = self._ids.nbytes + (0 if self._uris is None else self._uris.nbytes)
+        if self._refs is not None and not isinstance(self._refs, (str, list)):
+            n += self._refs.nbytes
+        return n
+
+    def __getstate__(self):
+        # compact copies: a pickled slice carries only its own items
+        def copy_of(a):
+            return None if a is None else a.to_pylist()
+
+        refs = self._refs
+        if refs is not None and not isinstance(refs, (str, list)):
+            refs = ("arrow", str(refs.type), refs.to_pylist())
+        return (copy_of(self._ids), copy_of(self._uris), self._prefix, refs, self._base)
+
+    def __setstate__(self, state) -> None:
+        import pyarrow as pa
+
+        ids, uris, self._prefix, refs, self._base = state
+        self._ids = pa.array(ids, type=pa.large_string())
+        self._uris = None if uris is None else pa.array(uris, type=pa.large_string())
+        if isinstance(refs, tuple):
+            refs = pa.array(refs[2], type=pa.large_string() if "string" in refs[1] else pa.int64())
+        self._refs = refs
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (ItemList, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"<ItemList of {len(self)} items>"
+
+
+class _ItemsElsewhere(Sequence):
+    """What a worker's copy of a source holds instead of its items: their count (shards bring their own)."""
+
+    __slots__ = ("_n",)
+
+    def __init__(self, n: int) -> None:
+        self._n = int(n)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        raise SourceError(
+            "this copy of the source holds no items (a job worker receives each shard's items with the shard)"
+        )
 
 
 def _extension(name: str) -> str:
@@ -98,8 +284,8 @@ class Source:
 
     kind = "source"
 
-    def __init__(self, items: list[Item]) -> None:
-        self._items = items
+    def __init__(self, items) -> None:
+        self._items = ItemList.from_items(items)  # columnar: about 16 bytes per item plus its text
         self._selection: dict | None = None
 
     def __len__(self) -> int:
@@ -137,11 +323,25 @@ class Source:
         # vdna shuffles only when it keeps a strict subset, with random.seed(seed); random.shuffle(files).
         # A private Random seeded the same way draws the same permutation without touching global state.
         if 0 < num_images < len(self._items):
-            items = list(self._items)  # a copy: open_source(some_source) must not reorder the original
+            order = list(range(len(self._items)))  # a new list: open_source(some_source) keeps the original
             if shuffle:
-                random.Random(seed).shuffle(items)
-            self._items = items[:num_images]
+                random.Random(seed).shuffle(order)
+            self._items = self._items.take(order[:num_images])
             self._selection = {"num_images": int(num_images), "shuffle": bool(shuffle), "seed": int(seed)}
+
+    def item_list(self) -> ItemList:
+        """The items, column-wise (slices are views; iterate to get `Item` objects)."""
+        return self._items
+
+    def ids_sha256(self) -> str:
+        """sha256 of the item ids joined by newlines (the job's ``item_ids_sha256``), chunk by chunk."""
+        return self._items.ids_sha256()
+
+    def for_workers(self) -> Source:
+        """A copy without the item list (its count only), for job workers: each shard brings its items."""
+        slim = copy.copy(self)
+        slim._items = _ItemsElsewhere(len(self))
+        return slim
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind!r} items={len(self)}>"
@@ -164,11 +364,13 @@ class FolderSource(_FileSource):
             raise EmptySourceError(
                 f"no images found in {root} (looked for extensions {', '.join(IMAGE_EXTENSIONS)}, any case)"
             )
-        items = []
-        for rel in rel_paths:
-            full = os.path.join(self.root, *rel.split("/"))
-            items.append(Item(id=rel, uri=full, ref=full))
-        super().__init__(items)
+        # uri = ref = root + "/" + id (os.path.join of the id's parts, on POSIX), stored once as a prefix
+        prefix = os.path.join(self.root, "")
+        if os.sep == "/":
+            super().__init__(ItemList(rel_paths, uri_prefix=prefix))
+        else:  # pragma: no cover - Windows separators
+            full = [os.path.join(self.root, *rel.split("/")) for rel in rel_paths]
+            super().__init__(ItemList(rel_paths, full))
 
     def _describe(self) -> dict:
         return {"path": self.root}
@@ -228,11 +430,9 @@ class ListFileSource(_FileSource):
                 f"no images found in {list_path} (no paths listed; blank lines and '#' comments are skipped)"
             )
         ids = _unique_ids([posixpath.normpath(e) for e in entries])
-        items = []
-        for id_, entry in zip(ids, entries):
-            full = os.path.normpath(os.path.join(base, entry))
-            items.append(Item(id=id_, uri=full, ref=full))
-        super().__init__(items)
+        full = [os.path.normpath(os.path.join(base, e)) for e in entries]
+        del entries, lines
+        super().__init__(ItemList(ids, full))
 
     def _describe(self) -> dict:
         return {"path": self.path}

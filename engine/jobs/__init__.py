@@ -6,13 +6,14 @@ reducers, registered with `register_part`), a backbone and the runner's options.
 
 from .build import run_job
 from .builtin import Distributions, Embedding, Fungi, Hashes, References
-from .job import MANIFEST, Backbone, Job, JobError, JobResult
+from .job import MANIFEST, Backbone, Job, JobError, JobResult, read_manifest
 from .parts import PARTS, Part, get_part, register_part
 from .worker import DECODERS, ShardSpec, ShardWorker, make_loader, resolve_decoder
 
 __all__ = [
     "DECODERS",
     "MANIFEST",
+    "read_manifest",
     "PARTS",
     "Backbone",
     "Distributions",

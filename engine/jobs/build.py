@@ -47,6 +47,7 @@ def run_job(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     parts: Sequence = (),
     histogram_precision: str = "fp64",
+    rebuild: bool = False,
 ) -> JobResult:
     """Profile ``source`` into ``out_dir`` shard by shard; rerunning resumes (see the module docstring).
 
@@ -77,6 +78,10 @@ def run_job(
     histogram_precision: the histograms' normalisation arithmetic, "fp64" (vdna's: exact parity, the
     default) or "fp32" (for bf16 / fp16 jobs; `neuroprint.kernels.histogram.PRECISIONS`), recorded in the
     settings and in the VDNAs, which refuse comparison with VDNAs of the other precision.
+
+    A complete job asked again with the same arguments (paths identified by their size and modification
+    time, folders by their own) returns its result from the directory at once; ``rebuild=True`` re-lists
+    the source, checks it against the job's settings and rebuilds the outputs from the merged state.
 
     extractor=None with distributions=() is a signatures-only job: no network, no VDNA, only the
     hashes and/or FUNGI columns (and, with ``embeddings``, the FUNGI backbone's embeddings), with the
@@ -134,5 +139,6 @@ def run_job(
         num_actors=num_actors,
         ray_address=ray_address,
         command=command,
+        rebuild=rebuild,
     )
     return job.run()

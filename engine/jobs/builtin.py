@@ -17,7 +17,7 @@ import torch
 from .._errors import IncompatibleVDNAError
 from ..stats.ranges import Ranges
 from ..stats.reducers import ActivationRangesReducer, make_reducer, parse_distribution
-from .parts import Part, register_part
+from .parts import Part, path_stamp, register_part
 
 __all__ = ["Distributions", "Embedding", "Fungi", "Hashes", "References"]
 
@@ -53,6 +53,18 @@ class Distributions(Part):
     def configure(self, job) -> None:
         if job.ex is None:
             raise ValueError("a job without an extractor makes no VDNA: pass distributions=() and no ranges")
+
+    def request(self):
+        r = self.ranges_arg
+        if r is None or r == "auto":
+            ranges = r
+        elif isinstance(r, Ranges):
+            ranges = f"sha256:{r.digest}"
+        else:
+            ranges = path_stamp(r)
+            if ranges is None:
+                return None
+        return {"names": self.names, "ranges": ranges, "precision": self.precision}
 
     def settings(self) -> dict:
         out = {"distributions": self.names, "ranges": _describe_ranges_arg(self.ranges_arg)}
@@ -106,6 +118,10 @@ class Distributions(Part):
             part.load_state({k[len(prefix) :]: arrays[k] for k in arrays if k.startswith(prefix)})
             r.merge(part)
 
+    def merged_state(self) -> dict:
+        merged = getattr(self, "_merged", None) or []
+        return {f"{n}:{k}": a for n, r in zip(self.names, merged) for k, a in r.state().items()}
+
     def finish(self, job) -> dict:
         from ..stats.profile import build_vdnas
 
@@ -153,6 +169,22 @@ def _describe_ranges_arg(ranges):
     return type(ranges).__name__
 
 
+def _fungi_request(options: dict | None):
+    if not options:
+        return options
+    out = dict(options)
+    for key in ("negatives", "weights"):
+        value = out.get(key)
+        if isinstance(value, str) and os.path.exists(value):
+            out[key] = path_stamp(value)
+    return out
+
+
+def _negatives_from_source(options: dict | None) -> bool:
+    """Whether FUNGI ``options`` draw SimCLR's negatives from the job's own source (so on the worker)."""
+    return bool(options) and "simclr" in options["fungi"].split(",") and not options.get("negatives")
+
+
 def fungi_wrapper(worker, options: dict):
     """The FUNGI wrapper of ``options`` on the worker's device, built once per worker and shared."""
     from types import SimpleNamespace
@@ -177,6 +209,13 @@ class Embedding(Part):
 
     def settings(self) -> dict:
         return {"embeddings": True}
+
+    def request(self):
+        return {"fungi": _fungi_request(self.fungi)}
+
+    @property
+    def reads_source_items(self) -> bool:
+        return _negatives_from_source(self.fungi)
 
     def configure(self, job) -> None:
         if job.ex is None and self.fungi is None:
@@ -234,6 +273,14 @@ class References(Part):
 
     def settings(self) -> dict:
         return {"references": {n: _vdna_digest(v) for n, v in self.refs.items()}}
+
+    def request(self):
+        got = {}
+        for n, v in self.refs.items():
+            got[str(n)] = path_stamp(v) if isinstance(v, (str, os.PathLike)) else _vdna_digest(v)
+            if got[str(n)] is None:
+                return None
+        return got
 
     def bind(self, worker) -> None:
         from ..stats.scoring import ReferenceScorer
@@ -299,6 +346,9 @@ class Hashes(Part):
             else {"hashes": list(self.kinds), "sharpness": False}
         )
 
+    def request(self):
+        return self.settings()
+
     def _keys(self) -> tuple:
         return (*self.kinds, "sharpness") if self.sharpness else self.kinds
 
@@ -340,6 +390,13 @@ class Fungi(Part):
 
     def settings(self) -> dict:
         return {"fungi": self.options}
+
+    def request(self):
+        return {"fungi": _fungi_request(self.options)}
+
+    @property
+    def reads_source_items(self) -> bool:
+        return _negatives_from_source(self.options)
 
     def bind(self, worker) -> None:
         self._wrapper = fungi_wrapper(worker, self.options)

@@ -3,18 +3,29 @@
 Output directory::
 
     manifest.json            settings (and their digest), finished shards with their counts, summary
+    shards.log               while the job runs: one JSON line per finished shard, appended (the manifest
+                             is rewritten only when a run starts and when the job completes)
     ranges.json              histogram bin ranges, fixed at the first run so that a resume bins the same way
     rows/shard-00000.parquet one row per input item: id, uri, shard, status, error, width, height, and the
                              parts' columns (embedding, emd:NAME, phash, dhash, sharpness, fungi, ...)
-    partials/shard-00000.npz the shard's exact part states (integers and float64 moments; no pickle)
-    <distribution>.json/.npz the dataset VDNAs, merged from every shard's partial state
+    partials/merged.npz      the parts' exact merged state (integers in the narrowest dtype that holds them,
+                             float64 moments; deflated; no pickle) and the table of the shards folded into it
+    partials/shard-00000.npz only for parts without a merged state (`Part.merged_state`): each shard's state
+    <distribution>.json/.npz the dataset VDNAs
     failures.parquet         the items that could not be read, with their reasons
     job.lock                 while a process runs the job: its pid, host and start time (neuroprint.jobs.lock)
 
-A shard counts as finished only once it is listed in the manifest, which is rewritten (temporary file,
-then rename) after both of its files are in place; a rerun of the same job skips finished shards and
-redoes the others, overwriting any half-written files, so no row is lost or duplicated and the final
-output equals a clean run's. A rerun with different settings is refused.
+The driver folds each shard's state into the parts as the shard arrives and writes the merged state
+(``partials/merged.npz``, temporary file then rename) every ``checkpoint_every`` shards or
+``checkpoint_seconds``, whichever comes first, and at the end: a shard counts as finished once its rows
+are in place and its state is in a written checkpoint, whose own table of shards is the authority (a
+crash loses at most the shards since the last checkpoint; they are redone, overwriting their rows), so
+the partials on disk are one file whatever the number of shards, and the final merge reads it alone.
+Parts without a merged state keep one partial file per shard, finished once listed in ``shards.log``.
+A rerun of the same job skips finished shards and redoes the others, so no row is lost or duplicated
+and the final output equals a clean run's. A rerun with different settings is refused. A rerun of a
+complete job whose request (source, backbone, parts, as given) is unchanged returns the finished result
+at once, without listing the source or building the model, unless ``rebuild=True``.
 
 What a job produces is its list of parts (`neuroprint.jobs.parts`); the job knows none by name.
 Runners: local (one process, here) and Ray (`neuroprint.jobs.ray`). Decoders: the PIL path (the
@@ -36,14 +47,17 @@ import torch
 from .._errors import NeuroprintError
 from ..io.decode import DEFAULT_MAX_PIXELS
 from .lock import LOCK_NAME, job_lock
-from .parts import PARTS
+from .parts import PARTS, path_stamp
 from .worker import ShardSpec, ShardWorker, make_loader, resolve_decoder
 
-__all__ = ["Job", "JobError", "JobResult"]
+__all__ = ["Job", "JobError", "JobResult", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+SHARD_LOG = "shards.log"
+CHECKPOINT = "merged.npz"
+REQUEST_FORMAT = 1
 
 
 class JobError(NeuroprintError, RuntimeError):
@@ -60,6 +74,7 @@ class JobResult:
     shards_run: int  # shards computed by this call (the others were finished by an earlier run)
     shards_total: int
     complete: bool = True  # False: some shards are left for a later run (max_shards); no VDNAs yet
+    reused: bool = False  # True: the job was complete and unchanged; read from its directory, nothing run
 
 
 @dataclass
@@ -96,6 +111,9 @@ class Job:
     num_actors: int | None = None
     ray_address: str | None = None
     command: dict | None = None  # the CLI's arguments, recorded at the first run (for --resume)
+    rebuild: bool = False  # a complete job: re-list, re-check and rebuild the outputs instead of returning
+    checkpoint_every: int = 16  # shards folded into the merged state between two checkpoints (at most)
+    checkpoint_seconds: float = 120.0  # ... or seconds, whichever comes first
 
     def run(self) -> JobResult:
         # One process per job directory (see neuroprint.jobs.lock): a second start fails, naming the holder.
@@ -110,8 +128,13 @@ class Job:
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         self.out = Path(self.out_dir)
+        request = self._request_digest()
+        if request is not None and not self.rebuild:
+            done = self._finished_result(request)
+            if done is not None:
+                return done
         self.source = open_source(self.source)
-        items = list(self.source)
+        items = self.source.item_list()  # columnar (neuroprint.io.sources.ItemList); shards are views
         shards = [items[i : i + self.shard_size] for i in range(0, len(items), self.shard_size)]
         self._open_backbone()
         for part in self.parts:
@@ -120,6 +143,9 @@ class Job:
         manifest = self._claim(self._settings(items), len(shards))
         for part in self.parts:
             part.prepare(self)
+        self._checkpointing = all(p.merged_state() is not None for p in self.parts)
+        if self._checkpointing:
+            self._load_checkpoint(manifest, len(shards))
         todo = [k for k in range(len(shards)) if f"{k:05d}" not in manifest["finished"]]
         if self.max_shards is not None:
             todo = todo[: max(0, int(self.max_shards))]
@@ -129,7 +155,87 @@ class Job:
             logger.info("%d of %d shards finished; rerun to continue", len(manifest["finished"]), len(shards))
             done, failed = sum(v["images"] for v in finished), sum(v["failed"] for v in finished)
             return JobResult(self.out, {}, len(items), done - failed, failed, len(todo), len(shards), False)
-        return self._finish(manifest, shards, todo)
+        return self._finish(manifest, shards, todo, request)
+
+    def _request_digest(self) -> str | None:
+        """A digest of the job as asked for (source, backbone, parts and options as given), cheap to
+        compute without listing the source or building the model; None when some input cannot be
+        identified that way (in-memory sources, parts without ``request()``): then no shortcut."""
+        source = path_stamp(self.source)
+        if source is None:
+            return None
+        parts = []
+        for part in self.parts:
+            got = part.request()
+            if got is None:
+                return None
+            parts.append([type(part).__qualname__, got])
+        b = self.backbone
+        backbone = None
+        if b is not None:
+            backbone = {
+                "extractor": b.extractor,
+                "weights": b.weights
+                if isinstance(b.weights, str) and not os.path.exists(b.weights)
+                else path_stamp(b.weights),
+                "layers": None if b.layers is None else list(b.layers),
+                "dtype": str(b.dtype),
+                "crop": b.crop,
+                "resize_mode": b.resize_mode,
+            }
+            if backbone["weights"] is None:
+                return None
+        request = {
+            "format": REQUEST_FORMAT,
+            "source": source,
+            "backbone": backbone,
+            "parts": parts,
+            "shard_size": int(self.shard_size),
+            "seed": int(self.seed),
+            "decoder": self.decoder,
+            "max_pixels": int(self.max_pixels),
+        }
+        try:
+            text = json.dumps(request, sort_keys=True)
+        except TypeError:
+            return None
+        self._request = request
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _finished_result(self, request: str) -> JobResult | None:
+        """The result of this complete job, read from its directory, when it was made from this very
+        request and its outputs are all in place; else None (the job runs, resumes or is refused)."""
+        from ..stats.vdna import load_vdna_from_files
+
+        try:
+            manifest = json.loads((self.out / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        if not (manifest.get("complete") and manifest.get("request_sha256") == request):
+            return None
+        names = manifest.get("outputs")
+        if not isinstance(names, list):
+            return None
+        files = [self.out / "failures.parquet"] + [
+            self.out / f"{n}.{e}" for n in names for e in ("json", "npz")
+        ]
+        if not all(f.is_file() for f in files):
+            return None
+        summary = manifest["summary"]
+        vdnas = {n: load_vdna_from_files(self.out / n) for n in names}
+        logger.info("%s: the job is complete; nothing to do (rebuild=True recomputes the outputs)", self.out)
+        shards = len(manifest["finished"])
+        return JobResult(
+            self.out,
+            vdnas,
+            summary["images_in"],
+            summary["processed"],
+            summary["failed"],
+            0,
+            shards,
+            True,
+            True,
+        )
 
     def _open_backbone(self) -> None:
         from ..stats.profile import _CACHE, _default_workers, resolve_device
@@ -178,7 +284,7 @@ class Job:
     def _settings(self, items) -> dict:
         settings = {
             "source": self.source.describe(),
-            "item_ids_sha256": hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest(),
+            "item_ids_sha256": items.ids_sha256(),
             "extractor": self.ex.name if self.ex is not None else None,
             "weights": self.ex.weights_id if self.ex is not None else None,
             "layers": self.ex.layers if self.ex is not None else None,
@@ -223,6 +329,8 @@ class Job:
                     f"{self.out} holds a job with other settings (differs in: {', '.join(changed) or 'format'}); "
                     "use another output directory"
                 )
+            manifest["finished"].update(_read_log(self.out / SHARD_LOG))
+            manifest["complete"] = manifest.get("complete", False) and len(manifest["finished"]) == num_shards
             logger.info(
                 "resuming %s: %d of %d shards finished", self.out, len(manifest["finished"]), num_shards
             )
@@ -237,13 +345,54 @@ class Job:
                 manifest["command"] = self.command
         (self.out / "rows").mkdir(parents=True, exist_ok=True)
         (self.out / "partials").mkdir(parents=True, exist_ok=True)
-        self.write_json(path, manifest)
+        self.write_json(path, manifest)  # the log's lines are in it now: the log starts again
+        (self.out / SHARD_LOG).unlink(missing_ok=True)
         return manifest
+
+    def _load_checkpoint(self, manifest: dict, num_shards: int) -> None:
+        """Fold the written merged state into the parts; the shards it holds are the finished ones (plus
+        finished shards of a directory written before checkpoints, from their own partial files)."""
+        finished = {}
+        path = self.out / "partials" / CHECKPOINT
+        if path.is_file():
+            arrays = _loadz(path)
+            table = arrays.pop("__shards__")
+            for part in self.parts:
+                part.merge_state(arrays)
+            finished = {f"{int(k):05d}": {"images": int(n), "failed": int(f)} for k, n, f in table}
+        for key, rec in sorted(manifest["finished"].items()):
+            old = self.out / "partials" / f"shard-{key}.npz"
+            if key not in finished and old.is_file():
+                for part in self.parts:
+                    part.merge_state(_loadz(old))
+                finished[key] = rec
+        manifest["finished"] = {k: v for k, v in finished.items() if int(k) < num_shards}
+        self._folded = dict(manifest["finished"])
+
+    def _write_checkpoint(self, manifest: dict) -> None:
+        arrays = {}
+        for part in self.parts:
+            got = part.merged_state()
+            clash = sorted(set(got) & set(arrays))
+            if clash:
+                raise ValueError(f"part {part.name!r}: state keys {clash} are another part's")
+            arrays.update(got)
+        arrays["__shards__"] = np.array(
+            [[int(k), v["images"], v["failed"]] for k, v in sorted(self._folded.items())], dtype=np.int64
+        ).reshape(-1, 3)
+        _write_atomic(self.out / "partials" / CHECKPOINT, lambda tmp: _savez_compact(tmp, arrays))
+        new = [k for k in sorted(self._folded) if k not in manifest["finished"]]
+        _append_log(self.out / SHARD_LOG, [(k, self._folded[k]) for k in new])
+        for k in new:
+            manifest["finished"][k] = self._folded[k]
 
     def _spec(self) -> ShardSpec:
         b = self.backbone
+        # Workers get the source without its item list (each shard brings its own items), unless a part
+        # reads items of the whole source on the worker (FUNGI's SimCLR negatives drawn from the source).
+        whole = any(getattr(p, "reads_source_items", False) for p in self.parts)
         return ShardSpec(
-            source=self.source,
+            source=self.source if whole else self.source.for_workers(),
             extractor=b.extractor if b is not None else None,
             weights=self.weights,
             layers=list(self.ex.layers) if self.ex is not None else [],
@@ -261,6 +410,7 @@ class Job:
 
     def _run_shards(self, manifest: dict, shards: list, todo: list, num_items: int) -> None:
         import functools
+        import time
 
         import pyarrow.parquet as pq
 
@@ -269,12 +419,26 @@ class Job:
         spec, out = self._spec(), self.out
         failed_total = sum(v["failed"] for v in manifest["finished"].values())
 
+        last = time.monotonic()
+        pending = 0
+
         def commit(k: int, table, state: dict, failed: int) -> None:
-            nonlocal failed_total
-            _write_atomic(out / "partials" / f"shard-{k:05d}.npz", lambda tmp: _savez(tmp, state))
+            nonlocal failed_total, last, pending
+            rec = {"images": len(shards[k]), "failed": failed}
             _write_atomic(out / "rows" / f"shard-{k:05d}.parquet", lambda tmp: pq.write_table(table, tmp))
-            manifest["finished"][f"{k:05d}"] = {"images": len(shards[k]), "failed": failed}
-            self.write_json(out / MANIFEST, manifest)
+            if self._checkpointing:
+                for part in self.parts:
+                    part.merge_state(state)
+                self._folded[f"{k:05d}"] = rec
+                pending += 1
+                now = time.monotonic()
+                if pending >= max(1, int(self.checkpoint_every)) or now - last >= self.checkpoint_seconds:
+                    self._write_checkpoint(manifest)
+                    last, pending = now, 0
+            else:
+                _write_atomic(out / "partials" / f"shard-{k:05d}.npz", lambda tmp: _savez_compact(tmp, state))
+                _append_log(out / SHARD_LOG, [(f"{k:05d}", rec)])
+                manifest["finished"][f"{k:05d}"] = rec
             failed_total += failed
             if failed_total:
                 bar.set_postfix(failed=failed_total)
@@ -304,18 +468,20 @@ class Job:
                 for k in todo:
                     table, state, failed = worker.run(k, shards[k], progress=bar, failed_before=failed_total)
                     commit(k, table, state, failed)
+        if self._checkpointing and pending:
+            self._write_checkpoint(manifest)
 
-    def _finish(self, manifest: dict, shards: list, todo: list) -> JobResult:
+    def _finish(self, manifest: dict, shards: list, todo: list, request: str | None) -> JobResult:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         from ..io.sources import Item
 
-        for k in range(len(shards)):
-            with np.load(self.out / "partials" / f"shard-{k:05d}.npz", allow_pickle=False) as z:
-                arrays = {key: z[key] for key in z.files}
-            for part in self.parts:
-                part.merge_state(arrays)
+        if not self._checkpointing:  # else the parts hold the merged state already
+            for k in range(len(shards)):
+                arrays = _loadz(self.out / "partials" / f"shard-{k:05d}.npz")
+                for part in self.parts:
+                    part.merge_state(arrays)
         rows = pq.read_table(self.out / "rows", columns=["id", "uri", "status", "error"])
         bad = rows.filter(pc.equal(rows["status"], "failed"))
         pq.write_table(bad.select(["id", "uri", "error"]), self.out / "failures.parquet")
@@ -335,7 +501,14 @@ class Job:
             "failed": bad.num_rows,
             "rows": rows.num_rows,
         }
+        manifest["outputs"] = sorted(vdnas)
+        if request is not None:
+            manifest["request_sha256"], manifest["request"] = request, self._request
+        else:
+            manifest.pop("request_sha256", None)
+            manifest.pop("request", None)
         self.write_json(self.out / MANIFEST, manifest)
+        (self.out / SHARD_LOG).unlink(missing_ok=True)
         if rows.num_rows != n:
             raise JobError(f"{self.out}: {rows.num_rows} rows for {n} items; the directory was altered")
         if processed == 0:
@@ -397,3 +570,65 @@ def _write_atomic(path: Path, write) -> None:
 def _savez(path: Path, arrays: dict) -> None:
     with open(path, "wb") as f:
         np.savez(f, **arrays)
+
+
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """An integer array in the narrowest integer dtype holding its values (others as they are)."""
+    if a.dtype.kind not in "iu" or a.size == 0:
+        return a
+    lo, hi = int(a.min()), int(a.max())
+    for dt in (np.uint8, np.uint16, np.uint32) if lo >= 0 else (np.int8, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return a.astype(dt)
+    return a
+
+
+def _savez_compact(path: Path, arrays: dict) -> None:
+    """``arrays`` as a deflated npz, integers narrowed (their dtypes recorded, restored by `_loadz`)."""
+    dtypes = {k: np.asarray(a).dtype.str for k, a in arrays.items()}
+    out = {k: _narrow(np.asarray(a)) for k, a in arrays.items()}
+    out["__dtypes__"] = np.array(json.dumps(dtypes))
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **out)
+
+
+def _loadz(path: Path) -> dict:
+    """The arrays of a partial-state npz (no pickle), in their original dtypes."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {key: z[key] for key in z.files}
+    dtypes = json.loads(str(arrays.pop("__dtypes__"))) if "__dtypes__" in arrays else {}
+    return {k: a.astype(np.dtype(dtypes[k]), copy=False) if k in dtypes else a for k, a in arrays.items()}
+
+
+def _append_log(path: Path, records: list) -> None:
+    """Append one JSON line per finished shard and make it durable (fsync) before the caller goes on."""
+    if not records:
+        return
+    text = "".join(json.dumps({"shard": k, **v}) + "\n" for k, v in records)
+    with open(path, "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_log(path: Path) -> dict:
+    """The shards a log lists; a torn line (a crash while appending) is not a finished shard."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_bytes().split(b"\n")[:-1]:  # the last piece is empty or a torn line
+        try:
+            rec = json.loads(line)
+            out[rec["shard"]] = {"images": int(rec["images"]), "failed": int(rec["failed"])}
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def read_manifest(out_dir) -> dict:
+    """A job directory's manifest with its ``finished`` shards as of now (the log's lines included)."""
+    out = Path(out_dir)
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest.setdefault("finished", {}).update(_read_log(out / SHARD_LOG))
+    return manifest

@@ -22,11 +22,24 @@ worker, per shard
     ``columns(batch, feats) -> dict``  column -> one value per readable item of the batch; ``feats`` are
                                        the backbone's taps on the model input (None without a backbone)
     ``shard_state() -> dict``          the shard's exact state (numpy arrays; keys unique to the part),
-                                       saved in ``partials/shard-K.npz`` (no pickle)
+                                       folded into the merged state on the driver (or, for a part
+                                       without ``merged_state``, saved in ``partials/shard-K.npz``)
 
-driver, at the end
-    ``merge_state(arrays)``  fold one shard's state in (every shard, in shard order)
+driver, as shards arrive and at the end
+    ``merge_state(arrays)``  fold one shard's state in (each shard once; the local runner in shard order)
+    ``merged_state()``       the merged state so far, as arrays that ``merge_state`` takes back (the job's
+                             checkpoint, ``partials/merged.npz``); None: the part has no merged state, so
+                             the job keeps one partial file per shard and merges them at the end. The
+                             default is {} for a part without state and None otherwise
     ``finish(job) -> dict``  write the dataset outputs into the job directory; return {name: VDNA}
+
+driver, before anything (optional)
+    ``request()``            JSON-able options as given (paths as `path_stamp`), computed
+                             without the model: a complete job asked again with the same request returns its
+                             result without running; None (the default): no such shortcut
+
+``reads_source_items`` (default False): the part reads items of the whole source on the worker (FUNGI's
+SimCLR negatives drawn from the source); otherwise workers get the source without its item list.
 
 ``needs`` says what a part reads: "features" (the backbone's taps; the job must have an extractor),
 "decoded" (each image as decoded; the PIL decoder). ``per_image`` (when defined) needs the PIL
@@ -37,7 +50,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-__all__ = ["PARTS", "Part", "get_part", "register_part"]
+from .._stamps import path_stamp
+
+__all__ = ["PARTS", "Part", "get_part", "path_stamp", "register_part"]
 
 NEEDS = ("features", "decoded")
 
@@ -52,6 +67,8 @@ class Part:
     #: settings recorded when a job does not have this part at all (None: nothing recorded). The built-in
     #: parts record theirs, so that job directories written before parts existed keep their digest.
     absent_settings: ClassVar[dict | None] = None
+    #: True when the part reads items of the whole source on the worker (else workers get none)
+    reads_source_items: bool = False
     #: define ``per_image(self, img) -> dict`` to compute per-image values in the decode threads
     per_image = None
 
@@ -81,6 +98,12 @@ class Part:
 
     def merge_state(self, arrays: dict) -> None:
         pass
+
+    def merged_state(self) -> dict | None:
+        return {} if type(self).shard_state is Part.shard_state else None
+
+    def request(self) -> dict | list | str | None:
+        return None
 
     def finish(self, job) -> dict:
         return {}

@@ -1,0 +1,87 @@
+"""Stamps of the files a job was asked for (no heavy imports: the CLI checks a complete job before torch).
+
+A stamp is a flat list of (absolute path, size, modification time in ns) triples; a folder's size is -1
+(its own mtime moves when an entry is added or removed at its top level).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["complete_job", "path_stamp", "stamps_unchanged"]
+
+
+def path_stamp(x):
+    """What identifies a path argument without reading it whole: its absolute path, and for a file its
+    size and modification time (a folder: its own mtime, which moves when an entry is added or removed
+    at its top level); a VDNA named without its extension: both of its files; URLs as given; None for
+    anything else (in-memory data) or a path that is not there."""
+    if isinstance(x, str) and "://" in x:
+        return x
+    if not isinstance(x, (str, os.PathLike)):
+        return None
+    path = os.path.abspath(os.fspath(x))
+    candidates = [path] if os.path.exists(path) else [path + ".json", path + ".npz"]
+    stamp = []
+    for p in candidates:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        stamp += [p, -1 if os.path.isdir(p) else int(st.st_size), int(st.st_mtime_ns)]
+    return stamp
+
+
+def _triples(obj):
+    """Every (path, size, mtime) triple inside a JSON value (the stamps of a job's request)."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _triples(v)
+    elif isinstance(obj, list):
+        if (
+            obj
+            and len(obj) % 3 == 0
+            and all(
+                isinstance(obj[i], str)
+                and os.path.isabs(obj[i])
+                and type(obj[i + 1]) is int
+                and type(obj[i + 2]) is int
+                for i in range(0, len(obj), 3)
+            )
+        ):
+            for i in range(0, len(obj), 3):
+                yield obj[i], obj[i + 1], obj[i + 2]
+        else:
+            for v in obj:
+                yield from _triples(v)
+
+
+def stamps_unchanged(request) -> bool:
+    """Whether every file stamped in ``request`` still has its size and modification time."""
+    for path, size, mtime in _triples(request):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if (-1 if os.path.isdir(path) else int(st.st_size)) != size or int(st.st_mtime_ns) != mtime:
+            return False
+    return True
+
+
+def complete_job(out_dir) -> dict | None:
+    """The manifest of the complete job in ``out_dir`` when its request's files are unchanged and its
+    outputs are in place (so asking for it again has nothing to do); else None."""
+    out = Path(out_dir)
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    request, names = manifest.get("request"), manifest.get("outputs")
+    if not (manifest.get("complete") and request is not None and isinstance(names, list)):
+        return None
+    files = [out / "failures.parquet"] + [out / f"{n}.{e}" for n in names for e in ("json", "npz")]
+    if not all(f.is_file() for f in files) or not stamps_unchanged(request):
+        return None
+    return manifest
