@@ -91,7 +91,7 @@ def make_folder(root: Path, n: int, seed_images: list[Path]) -> Path:
     return root
 
 
-def seed_images(folder: Path, k: int = 8) -> list[Path]:
+def seed_images(folder: Path, k: int = 64) -> list[Path]:  # ext4: at most 65,000 links per file
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)

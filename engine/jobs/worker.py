@@ -38,6 +38,26 @@ class ShardSpec:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above it are failure rows, not decoded (0: no limit)
 
 
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas (unless MALLOC_ARENA_MAX is set): each new decode thread otherwise gets
+    an arena of its own whose freed pages stay resident, and a job's RSS grew with the images it decoded
+    (hashes job, 20,000 images: 1,676 MiB peak against 711 MiB with 2 arenas, the same images/s)."""
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # another libc (musl): nothing to cap
+        pass
+
+
 def resolve_decoder(decoder: str, dev: torch.device) -> str:
     """'auto' is DALI on CUDA when DALI is installed, else PIL (DALI's CPU pipeline is slower than PIL's)."""
     from .._errors import NeuroprintError
@@ -125,6 +145,7 @@ class ShardWorker:
     def __init__(self, spec: ShardSpec, built=None):
         from ..stats.profile import _CACHE, resolve_device
 
+        limit_malloc_arenas()
         self.spec, self.source = spec, spec.source
         self.dev = resolve_device(spec.device)
         if built is None and spec.extractor is None:
