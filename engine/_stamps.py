@@ -1,7 +1,11 @@
 """Stamps of the files a job was asked for (no heavy imports: the CLI checks a complete job before torch).
 
-A stamp is a flat list of (absolute path, size, modification time in ns) triples; a folder's size is -1
-(its own mtime moves when an entry is added or removed at its top level).
+A stamp is a flat list of (absolute path, size, modification time in ns) triples; a folder's size is -1.
+A folder is stamped with every folder under it (a folder's mtime moves when an entry is added, removed
+or renamed directly in it, so a new image anywhere in the tree moves one of them), found without reading
+the entries of leaf folders: where a folder's link count says it has no sub-folders (2 on ext4, xfs and
+tmpfs), it is not listed. What a stamp does not see: a file rewritten in place under the same name, and
+folders reached through a symbolic link from a leaf folder; ``--rebuild`` redoes such a job.
 """
 
 from __future__ import annotations
@@ -30,8 +34,41 @@ def path_stamp(x):
             st = os.stat(p)
         except OSError:
             return None
-        stamp += [p, -1 if os.path.isdir(p) else int(st.st_size), int(st.st_mtime_ns)]
+        if os.path.isdir(p):
+            stamp += _folder_stamp(p, st)
+        else:
+            stamp += [p, int(st.st_size), int(st.st_mtime_ns)]
     return stamp
+
+
+def _folder_stamp(root: str, st: os.stat_result) -> list:
+    """(path, -1, mtime) for ``root`` and every folder under it (hidden ones skipped, as the folder
+    source skips them; symbolic links followed once per chain of ancestors, as it follows them)."""
+    out = []
+    stack = [(root, st, frozenset({os.path.realpath(root)}))]
+    while stack:
+        folder, fst, ancestors = stack.pop()
+        out.append((folder, int(fst.st_mtime_ns)))
+        if fst.st_nlink == 2:  # "." and the entry in its parent: no sub-folder, nothing to list
+            continue
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # unreadable: the folder source skips it too; its own mtime is stamped
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if not entry.is_dir():
+                    continue
+                sub = os.stat(entry.path)
+            except OSError:
+                continue
+            real = os.path.realpath(entry.path)
+            if real not in ancestors:
+                stack.append((entry.path, sub, ancestors | {real}))
+    out.sort()
+    return [v for path, mtime in out for v in (path, -1, mtime)]
 
 
 def _triples(obj):

@@ -264,6 +264,30 @@ def test_cli_profile_reports_a_complete_job(folder, tiny_ranges, tmp_path, capsy
         os.utime(ranges_json, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def test_a_folder_stamp_sees_changes_anywhere_in_the_tree(tmp_path):
+    from neuroprint._stamps import path_stamp, stamps_unchanged
+
+    root = tmp_path / "night"
+    (root / "cam1" / "2026-12-06").mkdir(parents=True)
+    (root / "cam2").mkdir()
+    (root / "cam2" / "loop").symlink_to(root, target_is_directory=True)  # a cycle: not followed
+    (root / "cam1" / "2026-12-06" / "a.png").write_bytes(b"x")
+    stamp = path_stamp(root)
+    folders = stamp[0::3]
+    assert folders == sorted(folders) and len(folders) == len(set(folders))
+    assert {os.path.relpath(f, root) for f in folders} == {".", "cam1", "cam1/2026-12-06", "cam2"}
+    assert stamps_unchanged({"source": stamp})
+    deep = root / "cam1" / "2026-12-06"
+    st = deep.stat()
+    (deep / "b.png").write_bytes(b"y")  # a new image two folders down
+    os.utime(deep, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # coarse-mtime filesystems too
+    assert not stamps_unchanged({"source": stamp})
+    stamp = path_stamp(root)
+    (root / "cam3").mkdir()  # a new folder moves its parent's mtime
+    os.utime(root, ns=(root.stat().st_atime_ns, root.stat().st_mtime_ns + 1_000_000))
+    assert not stamps_unchanged({"source": stamp})
+
+
 # ---- keep-centre
 
 
