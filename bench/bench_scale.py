@@ -40,8 +40,27 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def tree_rss_mb(pid: int) -> tuple[float, float]:
-    """(RSS of ``pid``, RSS summed over ``pid`` and all its descendants), MiB, from /proc."""
+def _proc_name(pid: int) -> str:
+    """A short name for a process: Ray's process title (``ray::ShardActor``, ``raylet``, ...) or the
+    program's base name."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return "?"
+    first = argv[0].decode(errors="replace").split(" ")[0] if argv and argv[0] else "?"
+    name = os.path.basename(first)
+    if name.startswith("python") and len(argv) > 1:  # a Python helper: name it by its script
+        for a in argv[1:]:
+            a = a.decode(errors="replace")
+            if a.endswith(".py"):
+                return f"python {os.path.basename(a)}"
+    return name
+
+
+def tree_rss_mb(pid: int, breakdown: dict | None = None) -> tuple[float, float]:
+    """(RSS of ``pid``, RSS summed over ``pid`` and all its descendants), MiB, from /proc; ``breakdown``
+    (when given) is filled with the RSS summed per process name."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -66,7 +85,11 @@ def tree_rss_mb(pid: int) -> tuple[float, float]:
     total, stack = 0.0, [pid]
     while stack:
         p = stack.pop()
-        total += rss(p)
+        r = rss(p)
+        total += r
+        if breakdown is not None:
+            name = "driver" if p == pid else _proc_name(p)
+            breakdown[name] = breakdown.get(name, 0.0) + r
         stack.extend(children.get(p, []))
     return rss(pid), total
 
@@ -110,10 +133,15 @@ import json, os, resource, sys, threading, time
 sys.path.insert(0, {bench!r})
 from bench_scale import tree_rss_mb
 peak = [0.0, 0.0]
+at_peak = {{}}
 stop = False
 def sample():
+    global at_peak
     while not stop:
-        a, b = tree_rss_mb(os.getpid())
+        parts = {{}}
+        a, b = tree_rss_mb(os.getpid(), parts)
+        if b > peak[1]:
+            at_peak = parts
         peak[0], peak[1] = max(peak[0], a), max(peak[1], b)
         time.sleep(0.25)
 th = threading.Thread(target=sample, daemon=True); th.start()
@@ -131,7 +159,8 @@ stop = True; th.join()
 print("RESULT " + json.dumps(dict(
     wall_s=wall, images=res.images_in, processed=res.processed, failed=res.failed, shards_run=res.shards_run,
     shards_total=res.shards_total, complete=res.complete, driver_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    tree_peak_rss_mb=peak[1], resume_in_process_s=resume if again is not None else None,
+    tree_peak_rss_mb=peak[1], tree_at_peak_mb={{k: round(v) for k, v in sorted(at_peak.items(), key=lambda kv: -kv[1])}},
+    resume_in_process_s=resume if again is not None else None,
     resume_reused=bool(again is not None and again.reused))))
 """
 
@@ -163,6 +192,21 @@ def fresh_resume_s(kw: dict) -> float:
     return wall
 
 
+def cli_resume_s(out: Path) -> float:
+    """Wall time of ``neuroprint profile --resume --out-dir OUT`` in a new process on a finished job (it
+    answers from the manifest before torch is imported)."""
+    code = "import sys; from neuroprint.cli import main; sys.exit(main(sys.argv[1:]))"
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, "profile", "--resume", "--out-dir", str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    wall = time.perf_counter() - t
+    if proc.returncode or "already complete" not in proc.stdout:
+        raise RuntimeError(
+            f"the CLI resume did not answer from the manifest: {proc.stdout} {proc.stderr[-2000:]}"
+        )
+    return wall
+
+
 def job_kwargs(kind: str, folder: Path, out: Path, max_shards, shard_size: int, **extra) -> dict:
     kw = dict(source=str(folder), out_dir=str(out), shard_size=shard_size, num_workers=2, device="cpu",
               progress=False, max_shards=max_shards, batch_size=64)  # fmt: skip
@@ -179,9 +223,10 @@ def section_jobs(args, work: Path, rows: list) -> None:
     seeds = seed_images(work / "seeds")
     print("\n## jobs (fresh process each; 2 torch threads, 2 decode threads)")
     print(
-        "| job | items | shards run | wall (s) | images/s | driver peak RSS (MiB) | resume in-process (s) | resume, new process (s) |"
+        "| job | items | shards run | wall (s) | images/s | driver peak RSS (MiB) | resume in-process (s) "
+        "| resume, new process: run_job (s) | resume, new process: CLI profile --resume (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in args.items:
         folder = make_folder(work / f"folder-{n}", n, seeds)
         for kind in args.jobs:
@@ -191,7 +236,8 @@ def section_jobs(args, work: Path, rows: list) -> None:
             extra = {"ranges": args.vdna_ranges} if kind == "vdna" and args.vdna_ranges else {}
             kw = job_kwargs(kind, folder, out, cap, args.shard_size, **extra)
             got = run_child(kw)
-            cli = fresh_resume_s(kw) if got["complete"] else None
+            fresh = fresh_resume_s(kw) if got["complete"] else None
+            cli = cli_resume_s(out) if got["complete"] else None
             done = got["processed"] + got["failed"]
             ran = (
                 min(done, got["shards_run"] * args.shard_size)
@@ -199,11 +245,13 @@ def section_jobs(args, work: Path, rows: list) -> None:
                 else got["shards_run"] * args.shard_size
             )
             rate = ran / got["wall_s"]
-            row = dict(section="jobs", job=kind, items=n, cli_resume_s=cli, images_per_s=rate, **got)
+            row = dict(section="jobs", job=kind, items=n, fresh_resume_s=fresh, cli_resume_s=cli,
+                       images_per_s=rate, **got)  # fmt: skip
             rows.append(row)
             res_ip = f"{got['resume_in_process_s']:.3f}" if got["resume_in_process_s"] is not None else "-"
             print(f"| {kind} | {n} | {got['shards_run']} of {got['shards_total']} | {got['wall_s']:.1f} | {rate:.0f} | "
-                  f"{got['driver_peak_rss_mb']:.0f} | {res_ip} | {'-' if cli is None else f'{cli:.2f}'} |", flush=True)  # fmt: skip
+                  f"{got['driver_peak_rss_mb']:.0f} | {res_ip} | {'-' if fresh is None else f'{fresh:.2f}'} | "
+                  f"{'-' if cli is None else f'{cli:.2f}'} |", flush=True)  # fmt: skip
             if not args.keep:
                 shutil.rmtree(out, ignore_errors=True)
 
@@ -215,6 +263,7 @@ def section_ray(args, work: Path, rows: list) -> None:
     print(f"\n## local runner vs Ray (2 actors), hashes job over {n} items")
     print("| runner | wall (s) | driver peak RSS (MiB) | peak RSS, driver + every process under it (MiB) |")
     print("|---|---|---|---|")
+    parts = []
     for runner, extra in (("local", {}), ("ray, 2 actors", {"ray": True, "num_actors": 2})):
         out = work / f"ray-{runner[:3]}-{n}"
         shutil.rmtree(out, ignore_errors=True)
@@ -224,7 +273,10 @@ def section_ray(args, work: Path, rows: list) -> None:
             f"| {runner} | {got['wall_s']:.1f} | {got['driver_peak_rss_mb']:.0f} | {got['tree_peak_rss_mb']:.0f} |",
             flush=True,
         )
+        parts.append((runner, got["tree_at_peak_mb"]))
         shutil.rmtree(out, ignore_errors=True)
+    print("\nRSS at the peak, per process (MiB): " + "; ".join(
+        f"{runner}: " + ", ".join(f"{k} {v}" for k, v in split.items()) for runner, split in parts))  # fmt: skip
 
 
 def _vit_ranges(law: str, layers: dict, rng):

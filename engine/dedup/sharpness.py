@@ -25,6 +25,8 @@ measured, all of smooth synthetic images): unknown, never taken as upscaled.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["CROP", "MIN_SIDE", "MIN_FRACTION", "UPSCALED_BELOW", "sharpness", "top_octave_fraction"]
@@ -47,17 +49,25 @@ def top_octave_fraction(gray: np.ndarray, noise_var: float = 0.0) -> float:
     variance ``noise_var`` (the rounding of 8-bit pixels is 1/12: it would otherwise pass for detail in
     smooth images); NaN when nothing is left."""
     g = np.asarray(gray, dtype=np.float64)
-    h, w = g.shape
-    win = np.outer(np.hanning(h), np.hanning(w))
+    win, win_energy, any_freq, top = _spectrum_masks(*g.shape)
     power = np.abs(np.fft.rfft2((g - g.mean()) * win)) ** 2
-    power = np.maximum(power - noise_var * float((win**2).sum()), 0.0)
-    fy = np.abs(np.fft.fftfreq(h))[:, None]
-    fx = np.abs(np.fft.rfftfreq(w))[None, :]
-    radius = np.maximum(fy, fx)
-    total = power[radius > 0].sum()
+    power = np.maximum(power - noise_var * win_energy, 0.0)
+    total = power[any_freq].sum()
     if not total > 0:
         return float("nan")
-    return float(power[radius > 0.25].sum() / total)
+    return float(power[top].sum() / total)
+
+
+@functools.lru_cache(maxsize=64)
+def _spectrum_masks(h: int, w: int):
+    """(Hann window [h, w], its energy, mask of the nonzero frequencies, mask of the top octave) of the
+    rfft2 of an h x w array; cached, as the crops of a collection come in few shapes. Read-only."""
+    win = np.outer(np.hanning(h), np.hanning(w))
+    radius = np.maximum(np.abs(np.fft.fftfreq(h))[:, None], np.abs(np.fft.rfftfreq(w))[None, :])
+    any_freq, top = radius > 0, radius > 0.25
+    for a in (win, any_freq, top):
+        a.flags.writeable = False
+    return win, float((win**2).sum()), any_freq, top
 
 
 def _centre(a: np.ndarray, size: int) -> np.ndarray:
@@ -81,7 +91,8 @@ def sharpness(image) -> float:
         return float("nan")
     native = top_octave_fraction(_centre(region, CROP), _ROUNDING_VAR)
     h2, w2 = h // 2, w // 2
-    halved = region[: 2 * h2, : 2 * w2].reshape(h2, 2, w2, 2).mean(axis=(1, 3))
+    r = region[: 2 * h2, : 2 * w2]
+    halved = (r[0::2, 0::2] + r[1::2, 0::2] + r[0::2, 1::2] + r[1::2, 1::2]) * 0.25  # 2x2 box mean
     coarse = top_octave_fraction(_centre(halved, CROP), _ROUNDING_VAR / 4)  # averaging 4 pixels
     if not (np.isfinite(native) and np.isfinite(coarse)) or coarse < MIN_FRACTION:
         return float("nan")  # no detail even at half the resolution: nothing to compare with
