@@ -14,7 +14,7 @@ Sections (each prints a table; ``--json`` writes every figure):
   per process).
 - ``partials``: the partial state of one 1,024-image shard of mugs_vit_base's taps (13 layers x 768,
   197 tokens) for histogram-1000, computed by the reducer from synthetic activations (no ViT run):
-  bytes as before (np.savez of int64 counts), as the job now writes them (narrowed, deflated), and the
+  bytes as before (np.savez of int64 counts), as the job now writes them (delta-coded, deflated), and the
   checkpoint of 8 merged shards; two synthetic laws: Gaussian with ranges at +-6 sigma (dense: most
   bins hold counts) and Laplace with ranges at the extremes of 1M images (the bulk in fewer bins).
 - ``merge``: the final merge's time against the number of shards: one partial file per shard (as
@@ -307,7 +307,7 @@ def section_partials(args, work: Path, rows: list) -> None:
         f"\n## partial state of one {per_shard}-image shard, mugs_vit_base taps (9,984 neurons x 1,000 bins), synthetic activations"
     )
     print(
-        "| law | nonzero bins | np.savez int64 (before) MB | job's partial (narrowed, deflated) MB | write s | checkpoint of 8 merged shards MB |"
+        "| law | nonzero bins | np.savez int64 (before) MB | job's partial (delta-coded byte planes, deflated) MB | write s | checkpoint of 8 merged shards MB |"
     )
     print("|---|---|---|---|---|---|")
     for law in ("gaussian", "laplace"):

@@ -124,10 +124,28 @@ def test_compact_partials_round_trip_in_their_dtypes(tmp_path):
         "m": rng.standard_normal((5, 5)),
         "ids": np.array(["a", "bc"]),
         "empty": np.zeros((0, 3), dtype=np.int64),
+        "cube": rng.integers(-3, 4, size=(3, 4, 5)).astype(np.int32),
+        "column": rng.integers(0, 9, size=(6, 1)).astype(np.int64),  # one per row: narrowed only
+        "extremes": np.array([[-128, 127, -128], [127, 0, -1]], dtype=np.int8),
+        "u64": np.array([0, 2**60, 5], dtype=np.uint64),
+        "near_limit": np.array([-(2**61) - 1, 2**61], dtype=np.int64),  # narrowed only
     }
     _savez_compact(tmp_path / "p.npz", arrays)
     with np.load(tmp_path / "p.npz", allow_pickle=False) as z:
-        assert z["h"].dtype == np.uint16 and z["small"].dtype == np.uint8 and z["neg"].dtype == np.int32
+        # byte planes of the zigzag deltas ([0, 3, 255]: 0, 6, 504, two bytes); single values and rows of one
+        # element narrowed
+        assert z["h"].dtype == np.uint8 and z["h"].shape == (2, 37 * 41)  # deltas up to 2 * 299: 2 bytes
+        assert z["small"].shape == (2, 3) and z["count"].dtype == np.uint8 and z["column"].dtype == np.uint8
+        assert z["near_limit"].dtype == np.int64
+    # smooth counts (a histogram) deflate better as deltas than as narrowed counts
+    smooth = np.rint(5000 * np.exp(-(np.linspace(-4, 4, 1000) ** 2) / 2))[None] + rng.poisson(3, (64, 1000))
+    _savez_compact(tmp_path / "s.npz", {"c": smooth.astype(np.int64)})
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, c=smooth.astype(np.uint16))
+    assert (tmp_path / "s.npz").stat().st_size < 0.8 * buf.tell()
+    assert np.array_equal(_loadz(tmp_path / "s.npz")["c"], smooth)
     back = _loadz(tmp_path / "p.npz")
     assert sorted(back) == sorted(arrays)
     for k, a in arrays.items():

@@ -584,11 +584,50 @@ def _narrow(a: np.ndarray) -> np.ndarray:
     return a
 
 
+# Integer arrays of two or more elements are stored as "dz" (delta-zigzag byte planes): the differences
+# along the last axis (neighbouring histogram bins hold similar counts), zigzag-mapped to unsigned
+# (0, -1, 1, -2 ... -> 0, 1, 2, 3 ...), narrowed, and split into byte planes (all low bytes, then all
+# high bytes), which deflate compresses far better than the counts themselves: a 1,024-image
+# mugs_vit_base histogram-1000 partial (9,984 x 1,000 counts, 54% nonzero) 7.34 MB as narrowed counts,
+# 4.75 MB so, and faster to write. Values beyond +-2**61 are narrowed only.
+_DZ_LIMIT = 1 << 61  # differences then stay below 2**62, their zigzag below 2**63
+
+
+def _dz_encode(a: np.ndarray) -> tuple[np.ndarray, dict] | None:
+    if a.dtype.kind not in "iu" or a.ndim == 0 or a.size < 2 or a.shape[-1] < 2:
+        return None
+    lo, hi = int(a.min()), int(a.max())
+    if lo < -_DZ_LIMIT or hi >= _DZ_LIMIT:
+        return None
+    d = np.diff(a.astype(np.int64), axis=-1, prepend=np.int64(0))
+    z = _narrow((d << 1) ^ (d >> 63))  # zigzag: nonnegative
+    planes = np.ascontiguousarray(np.ascontiguousarray(z).view(np.uint8).reshape(-1, z.itemsize).T)
+    return planes, {"dtype": a.dtype.str, "enc": "dz", "shape": list(a.shape), "width": z.dtype.str}
+
+
+def _dz_decode(planes: np.ndarray, spec: dict) -> np.ndarray:
+    width = np.dtype(spec["width"])
+    if planes.dtype != np.uint8 or planes.ndim != 2 or planes.shape[0] != width.itemsize:
+        raise ValueError(
+            f"a delta-coded array has planes {planes.dtype} {planes.shape}, expected {width.itemsize} byte planes"
+        )
+    z = np.ascontiguousarray(planes.T).view(width).reshape(-1).astype(np.int64)
+    d = (z >> 1) ^ -(z & 1)
+    shape = tuple(int(n) for n in spec["shape"])
+    return np.cumsum(d.reshape(shape), axis=-1).astype(np.dtype(spec["dtype"]))
+
+
 def _savez_compact(path: Path, arrays: dict) -> None:
-    """``arrays`` as a deflated npz, integers narrowed (their dtypes recorded, restored by `_loadz`)."""
-    dtypes = {k: np.asarray(a).dtype.str for k, a in arrays.items()}
-    out = {k: _narrow(np.asarray(a)) for k, a in arrays.items()}
-    out["__dtypes__"] = np.array(json.dumps(dtypes))
+    """``arrays`` as a deflated npz, integers delta-coded or narrowed (restored by `_loadz`)."""
+    specs, out = {}, {}
+    for k, a in arrays.items():
+        a = np.asarray(a)
+        coded = _dz_encode(a)
+        if coded is not None:
+            out[k], specs[k] = coded
+        else:
+            specs[k], out[k] = a.dtype.str, _narrow(a)
+    out["__dtypes__"] = np.array(json.dumps(specs))
     with open(path, "wb") as f:
         np.savez_compressed(f, **out)
 
@@ -597,8 +636,15 @@ def _loadz(path: Path) -> dict:
     """The arrays of a partial-state npz (no pickle), in their original dtypes."""
     with np.load(path, allow_pickle=False) as z:
         arrays = {key: z[key] for key in z.files}
-    dtypes = json.loads(str(arrays.pop("__dtypes__"))) if "__dtypes__" in arrays else {}
-    return {k: a.astype(np.dtype(dtypes[k]), copy=False) if k in dtypes else a for k, a in arrays.items()}
+    specs = json.loads(str(arrays.pop("__dtypes__"))) if "__dtypes__" in arrays else {}
+    out = {}
+    for k, a in arrays.items():
+        spec = specs.get(k)
+        if isinstance(spec, dict):
+            out[k] = _dz_decode(a, spec)
+        else:
+            out[k] = a.astype(np.dtype(spec), copy=False) if spec is not None else a
+    return out
 
 
 def _append_log(path: Path, records: list) -> None:
