@@ -26,6 +26,7 @@ from ._errors import (
     VDNAFileError,
     WeightsError,
 )
+from ._lazy import lazy_attributes
 from ._version import __version__
 
 # Everything else is imported on first use (PEP 562), so that ``import neuroprint`` and the command line
@@ -66,20 +67,7 @@ _LAZY = {
 _SUBMODULES = ("check", "dedup", "explain", "fungi", "kernels", "visualize")
 
 
-def __getattr__(name: str):
-    import importlib
-
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, _SUBMODULES)
 
 
 __all__ = [

@@ -30,6 +30,8 @@ Output directory (all Parquet, plus ``dedup.json`` with every setting and the co
 
 from __future__ import annotations
 
+from .._lazy import lazy_attributes
+
 # Imported on first use (PEP 562), so that the command line builds its parser without torch.
 __all__ = [
     "DEFAULT_MAX_DISTANCE",
@@ -64,17 +66,11 @@ __all__ = [
 _SUBMODULES = ("bits", "hashes", "mih", "search", "settings", "sharpness", "signatures")
 
 
-def __getattr__(name: str):
-    import importlib
-
-    if name in __all__ or name in ("OUTPUT_FILES", "logger"):
-        value = getattr(importlib.import_module(f"{__name__}._api"), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+# where each public name is defined: the entry points in _api, the rest in their submodules
+_HOME = {n: "_api" for n in (*__all__, "OUTPUT_FILES", "logger")}
+_HOME.update(dict.fromkeys(("dhash", "hamming_pairs", "image_hashes", "phash"), "hashes"))
+_HOME.update(dict.fromkeys(("approximate_topk", "choose_keep", "connected_components", "embedding_pairs",
+                            "hash_pairs", "keep_ranking", "kept_groups", "recall_at_k", "sharded_topk"), "search"))  # fmt: skip
+_HOME.update(dict.fromkeys(("DEFAULT_MAX_DISTANCE", "DEFAULT_THRESHOLD", "GROUPINGS", "KEEP_POLICIES", "METHODS"), "settings"))  # fmt: skip
+_HOME.update(dict.fromkeys(("Signatures", "compute_signatures", "load_signatures"), "signatures"))
+__getattr__, __dir__ = lazy_attributes(__name__, _HOME, _SUBMODULES)

@@ -13,51 +13,18 @@ import numpy as np
 import torch
 
 from .._errors import NeuroprintError
-from .hashes import dhash, hamming_pairs, image_hashes, phash
 from .search import (
     _dedupe_pairs,
     approximate_topk,
-    choose_keep,
     connected_components,
     embedding_pairs,
     hash_pairs,
     keep_ranking,
     kept_groups,
-    recall_at_k,
     sharded_topk,
 )
 from .settings import DEFAULT_MAX_DISTANCE, DEFAULT_THRESHOLD, GROUPINGS, KEEP_POLICIES, METHODS
 from .signatures import HASH_METHODS, Signatures, compute_signatures, is_features_dir, load_signatures
-
-__all__ = [
-    "DEFAULT_MAX_DISTANCE",
-    "DEFAULT_THRESHOLD",
-    "KEEP_POLICIES",
-    "METHODS",
-    "DedupError",
-    "DedupResult",
-    "GROUPINGS",
-    "Signatures",
-    "approximate_topk",
-    "choose_keep",
-    "compute_signatures",
-    "connected_components",
-    "dhash",
-    "embedding_pairs",
-    "find_duplicates",
-    "find_pairs",
-    "hamming_pairs",
-    "hash_pairs",
-    "image_hashes",
-    "keep_ranking",
-    "kept_groups",
-    "load_signatures",
-    "phash",
-    "recall_at_k",
-    "resolve_methods",
-    "sharded_topk",
-    "write_contact_sheet",
-]
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ import torch
 from .._errors import NeuroprintError
 from ..io.decode import DEFAULT_MAX_PIXELS
 from .lock import LOCK_NAME, job_lock
-from .parts import PARTS, path_stamp
+from .parts import PARTS, path_stamp, union_of_states
 from .worker import ShardSpec, ShardWorker, make_loader, resolve_decoder
 
 __all__ = ["Job", "JobError", "JobResult", "read_manifest"]
@@ -370,13 +370,7 @@ class Job:
         self._folded = dict(manifest["finished"])
 
     def _write_checkpoint(self, manifest: dict) -> None:
-        arrays = {}
-        for part in self.parts:
-            got = part.merged_state()
-            clash = sorted(set(got) & set(arrays))
-            if clash:
-                raise ValueError(f"part {part.name!r}: state keys {clash} are another part's")
-            arrays.update(got)
+        arrays = union_of_states(self.parts, "merged_state")
         arrays["__shards__"] = np.array(
             [[int(k), v["images"], v["failed"]] for k, v in sorted(self._folded.items())], dtype=np.int64
         ).reshape(-1, 3)

@@ -135,3 +135,16 @@ def get_part(spec) -> Part:
     if isinstance(spec, str) and spec in PARTS:
         return PARTS[spec]()
     raise ValueError(f"unknown job part {spec!r}; registered: {', '.join(sorted(PARTS)) or 'none'}")
+
+
+def union_of_states(parts, method: str) -> dict:
+    """One dict of the arrays that ``part.<method>()`` returns for every part (``shard_state`` or
+    ``merged_state``); a key two parts both use is an error, not an overwrite."""
+    out: dict = {}
+    for part in parts:
+        got = getattr(part, method)()
+        clash = sorted(set(got) & set(out))
+        if clash:
+            raise ValueError(f"part {part.name!r}: state keys {clash} are another part's")
+        out.update(got)
+    return out

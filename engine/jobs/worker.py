@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..io.decode import DEFAULT_MAX_PIXELS, Batch, ImageLoader
+from .parts import union_of_states
 
 __all__ = ["DECODERS", "ShardSpec", "ShardWorker", "make_loader", "resolve_decoder"]
 
@@ -240,13 +241,7 @@ class ShardWorker:
         order = {it.id: i for i, it in enumerate(shard_items)}
         perm = sorted(range(len(rows["id"])), key=lambda i: order[rows["id"][i]])
         table = pa.table({n: [rows[n][i] for i in perm] for n in self.schema.names}, schema=self.schema)
-        state = {}
-        for part in self.parts:
-            got = part.shard_state()
-            clash = sorted(set(got) & set(state))
-            if clash:
-                raise ValueError(f"part {part.name!r}: state keys {clash} are another part's")
-            state.update(got)
+        state = union_of_states(self.parts, "shard_state")
         return table, state, failed
 
 
