@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["complete_job", "path_stamp", "stamps_unchanged"]
+__all__ = ["complete_job", "finished_manifest", "path_stamp", "stamps_unchanged"]
 
 
 def path_stamp(x):
@@ -107,18 +107,25 @@ def stamps_unchanged(request) -> bool:
     return True
 
 
-def complete_job(out_dir) -> dict | None:
-    """The manifest of the complete job in ``out_dir`` when its request's files are unchanged and its
-    outputs are in place (so asking for it again has nothing to do); else None."""
+def finished_manifest(out_dir) -> dict | None:
+    """The manifest in ``out_dir`` when it records a complete job whose outputs (the VDNAs it names and
+    ``failures.parquet``) are all in place; else None. Says nothing about whether its inputs changed."""
     out = Path(out_dir)
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    request, names = manifest.get("request"), manifest.get("outputs")
-    if not (manifest.get("complete") and request is not None and isinstance(names, list)):
+    names = manifest.get("outputs")
+    if not (manifest.get("complete") and isinstance(names, list)):
         return None
     files = [out / "failures.parquet"] + [out / f"{n}.{e}" for n in names for e in ("json", "npz")]
-    if not all(f.is_file() for f in files) or not stamps_unchanged(request):
+    return manifest if all(f.is_file() for f in files) else None
+
+
+def complete_job(out_dir) -> dict | None:
+    """The manifest of the complete job in ``out_dir`` when its request's files are unchanged and its
+    outputs are in place (so asking for it again has nothing to do); else None."""
+    manifest = finished_manifest(out_dir)
+    if manifest is None or manifest.get("request") is None or not stamps_unchanged(manifest["request"]):
         return None
     return manifest

@@ -205,24 +205,14 @@ class Job:
     def _finished_result(self, request: str) -> JobResult | None:
         """The result of this complete job, read from its directory, when it was made from this very
         request and its outputs are all in place; else None (the job runs, resumes or is refused)."""
+        from .._stamps import finished_manifest
         from ..stats.vdna import load_vdna_from_files
 
-        try:
-            manifest = json.loads((self.out / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return None
-        if not (manifest.get("complete") and manifest.get("request_sha256") == request):
-            return None
-        names = manifest.get("outputs")
-        if not isinstance(names, list):
-            return None
-        files = [self.out / "failures.parquet"] + [
-            self.out / f"{n}.{e}" for n in names for e in ("json", "npz")
-        ]
-        if not all(f.is_file() for f in files):
+        manifest = finished_manifest(self.out)
+        if manifest is None or manifest.get("request_sha256") != request:
             return None
         summary = manifest["summary"]
-        vdnas = {n: load_vdna_from_files(self.out / n) for n in names}
+        vdnas = {n: load_vdna_from_files(self.out / n) for n in manifest["outputs"]}
         logger.info("%s: the job is complete; nothing to do (rebuild=True recomputes the outputs)", self.out)
         shards = len(manifest["finished"])
         return JobResult(
