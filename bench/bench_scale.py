@@ -260,23 +260,39 @@ def section_ray(args, work: Path, rows: list) -> None:
     seeds = seed_images(work / "seeds")
     n = args.ray_items
     folder = make_folder(work / f"folder-{n}", n, seeds)
-    print(f"\n## local runner vs Ray (2 actors), hashes job over {n} items")
-    print("| runner | wall (s) | driver peak RSS (MiB) | peak RSS, driver + every process under it (MiB) |")
-    print("|---|---|---|---|")
-    parts = []
-    for runner, extra in (("local", {}), ("ray, 2 actors", {"ray": True, "num_actors": 2})):
-        out = work / f"ray-{runner[:3]}-{n}"
-        shutil.rmtree(out, ignore_errors=True)
-        got = run_child(job_kwargs("hashes", folder, out, None, args.shard_size, **extra))
-        rows.append(dict(section="ray", runner=runner, items=n, **got))
+    for kind in args.ray_jobs:
+        cap = args.max_shards.get(f"{kind}:{n}")
+        extra = {"ranges": args.vdna_ranges} if kind == "vdna" and args.vdna_ranges else {}
+        shards = f", {cap} shards" if cap else ""
+        print(f"\n## local runner vs Ray (2 actors), {kind} job over {n} items{shards}")
         print(
-            f"| {runner} | {got['wall_s']:.1f} | {got['driver_peak_rss_mb']:.0f} | {got['tree_peak_rss_mb']:.0f} |",
-            flush=True,
+            "| runner | wall (s) | driver peak RSS (MiB) | peak RSS, driver + every process under it (MiB) |"
         )
-        parts.append((runner, got["tree_at_peak_mb"]))
-        shutil.rmtree(out, ignore_errors=True)
-    print("\nRSS at the peak, per process (MiB): " + "; ".join(
-        f"{runner}: " + ", ".join(f"{k} {v}" for k, v in split.items()) for runner, split in parts))  # fmt: skip
+        print("|---|---|---|---|")
+        parts, trees = [], {}
+        for runner, how in (("local", {}), ("ray, 2 actors", {"ray": True, "num_actors": 2})):
+            out = work / f"ray-{kind}-{runner[:3]}-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            got = run_child(job_kwargs(kind, folder, out, cap, args.shard_size, **extra, **how))
+            rows.append(dict(section="ray", job=kind, runner=runner, items=n, **got))
+            print(
+                f"| {runner} | {got['wall_s']:.1f} | {got['driver_peak_rss_mb']:.0f} | {got['tree_peak_rss_mb']:.0f} |",
+                flush=True,
+            )
+            parts.append((runner, got["tree_at_peak_mb"]))
+            trees[runner] = got
+            shutil.rmtree(out, ignore_errors=True)
+        print("\nRSS at the peak, per process (MiB): " + "; ".join(
+            f"{runner}: " + ", ".join(f"{k} {v}" for k, v in split.items()) for runner, split in parts))  # fmt: skip
+        actors = [
+            v for k, v in trees["ray, 2 actors"]["tree_at_peak_mb"].items() if k.startswith("ray::Worker")
+        ]
+        if actors:
+            local, ray_tree = trees["local"]["tree_peak_rss_mb"], trees["ray, 2 actors"]["tree_peak_rss_mb"]
+            print(
+                f"Ray tree / (local tree + the actors' own RSS {sum(actors):.0f}) = {ray_tree:.0f} / "
+                f"{local + sum(actors):.0f} = {ray_tree / (local + sum(actors)):.3f}"
+            )
 
 
 def _vit_ranges(law: str, layers: dict, rng):
@@ -421,6 +437,7 @@ def main() -> None:
     )
     ap.add_argument("--shard-size", type=int, default=1024)
     ap.add_argument("--ray-items", type=int, default=20_000)
+    ap.add_argument("--ray-jobs", nargs="+", default=["hashes"], choices=["hashes", "vdna"])
     ap.add_argument("--shard-images", type=int, default=1024)
     ap.add_argument("--merge-shards", nargs="+", type=int, default=[16, 64, 256])
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")

@@ -19,17 +19,15 @@ fused matmul and keeps a running top-k per row in registers, so memory is O(Nq *
 its launcher, the plain torch reference (the CPU path and the oracle: the same blocked loop with
 ``torch.topk`` on the int64 keys, memory bounded by the block sizes), and `cosine_topk`, registered as
 the torch custom op ``neuroprint::cosine_topk``: Triton on CUDA, the reference elsewhere.
+
+The ``@triton.jit`` code lives in `_cosine_topk_jit.py`, imported on first use (see kernels/_jit.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-try:  # Triton ships with CUDA builds of torch; without it the reference runs everywhere.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from ._jit import cdiv, jit_getattr, next_power_of_2, triton_available
 
 __all__ = [
     "NO_SELF",
@@ -189,95 +187,6 @@ def reference_cosine_topk(
 
 # ------------------------------------------------------------------------------------------ Triton
 
-if triton is not None:
-
-    @triton.jit
-    def _cosine_topk_kernel(
-        q_ptr,  # [Nq, D] fp32 / fp16 / bf16, strides (sqm, sqd)
-        d_ptr,  # [Nd, D] same dtype, strides (sdn, sdd)
-        rq_ptr,  # float32 [Nq]: inverse norms of the query rows
-        rd_ptr,  # float32 [Nd]: inverse norms of the database rows
-        out_ptr,  # int64 [Nq, K] keys, written in descending order
-        Nq,
-        Nd,
-        D,
-        sqm,
-        sqd,
-        sdn,
-        sdd,
-        query_offset,  # with EXCLUDE: query row i is database row query_offset + i and is skipped
-        K: tl.constexpr,
-        K_PAD: tl.constexpr,  # next power of two >= K
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        IEEE: tl.constexpr,  # fp32 inputs: full fp32 products (no TF32), so rankings match the reference
-        UPCAST: tl.constexpr,  # convert tiles to fp32 before the dot (the interpreter has no bf16 matmul)
-        EXCLUDE: tl.constexpr,  # skip self-matches (see query_offset)
-    ):
-        """keys[i, :] = the K largest pack(s(i, j), j) over database rows j, for i in this program's
-        BLOCK_M query rows; s as in the module docstring, accumulated in float32."""
-        pid = tl.program_id(0)
-        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = rows < Nq
-        rq = tl.load(rq_ptr + rows, mask=rmask, other=0.0)
-        slot = tl.arange(0, K_PAD)
-        empty = tl.full([BLOCK_M, K_PAD], -9223372036854775807 - 1, tl.int64)
-        # Distinct placeholders (just above the empty key) so that "the slot holding the row minimum" is
-        # unique; padding slots beyond K start at +inf-like keys so they are never replaced nor chosen.
-        top = tl.where(slot[None, :] < K, empty + 1 + slot[None, :].to(tl.int64), empty)
-        top = tl.where(slot[None, :] < K, top, 9223372036854775807)
-        for n0 in range(0, Nd, BLOCK_N):
-            cols = n0 + tl.arange(0, BLOCK_N)
-            cmask = cols < Nd
-            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for k0 in range(0, D, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                kmask = ks < D
-                a = tl.load(
-                    q_ptr + rows[:, None].to(tl.int64) * sqm + ks[None, :].to(tl.int64) * sqd,
-                    mask=rmask[:, None] & kmask[None, :],
-                    other=0.0,
-                )
-                b = tl.load(
-                    d_ptr + cols[None, :].to(tl.int64) * sdn + ks[:, None].to(tl.int64) * sdd,
-                    mask=cmask[None, :] & kmask[:, None],
-                    other=0.0,
-                )
-                if UPCAST:
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
-                if IEEE:
-                    acc = tl.dot(a, b, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, b, acc)
-            rd = tl.load(rd_ptr + cols, mask=cmask, other=0.0)
-            s = acc * rq[:, None] * rd[None, :]
-            bits = s.to(tl.int32, bitcast=True)
-            ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
-            keys = (ordered << 32) | (4294967295 - cols[None, :].to(tl.int64))
-            valid = cmask[None, :] & (rows[:, None] >= 0)
-            if EXCLUDE:
-                valid = valid & (cols[None, :] != rows[:, None] + query_offset)
-            keys = tl.where(valid, keys, -9223372036854775807 - 1)
-            # Merge: move the block's best keys into the running top-k while they beat its minimum. Once
-            # the running top-k has settled, most blocks improve no row and skip the K passes.
-            improves = tl.max(keys, axis=1) > tl.min(top, axis=1)
-            if tl.sum(improves.to(tl.int32), axis=0) > 0:
-                for _ in range(K):
-                    cmax = tl.max(keys, axis=1)
-                    tmin = tl.min(top, axis=1)
-                    better = cmax > tmin
-                    top = tl.where((top == tmin[:, None]) & better[:, None], cmax[:, None], top)
-                    keys = tl.where(keys == cmax[:, None], -9223372036854775807 - 1, keys)
-        # Emit in descending order; placeholders become the empty key.
-        top = tl.where(slot[None, :] < K, top, -9223372036854775807 - 1)
-        for t in range(K):
-            m = tl.max(top, axis=1)
-            val = tl.where(m < -9223372036854775807 + K_PAD, -9223372036854775807 - 1, m)
-            tl.store(out_ptr + rows.to(tl.int64) * K + t, val, mask=rmask)
-            top = tl.where(top == m[:, None], -9223372036854775807 - 1, top)
-
 
 def _blocks(
     k: int, dim: int, interpret: bool, dtype: torch.dtype = torch.float16
@@ -288,12 +197,12 @@ def _blocks(
     the 16-bit types at small k and a shorter K step, and 8 warps hold a 4,096-key top-k."""
     if interpret:  # the interpreter runs tiles as numpy arrays: small tiles keep the tests fast
         return 16, 16, 16, 4
-    k_pad = triton.next_power_of_2(k)
+    k_pad = next_power_of_2(k)
     if dtype == torch.float32:  # full-precision products run on FMA units with both tiles in registers
         block_m = 32 if k_pad <= 128 else 16
-        return block_m, 64, min(32, max(16, triton.next_power_of_2(dim))), 8
+        return block_m, 64, min(32, max(16, next_power_of_2(dim))), 8
     block_m = 64 if k_pad <= 32 else 32 if k_pad <= 128 else 16
-    block_k = 64 if dim >= 64 else max(16, triton.next_power_of_2(dim))
+    block_k = 64 if dim >= 64 else max(16, next_power_of_2(dim))
     warps = 8 if block_m * k_pad >= 4096 else 4
     return block_m, 64, block_k, warps
 
@@ -305,7 +214,7 @@ def triton_cosine_topk(
     query: torch.Tensor, database: torch.Tensor, k: int, query_offset: int = NO_SELF
 ) -> torch.Tensor:
     """Launcher: int64 keys [Nq, k] by the Triton kernel (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
-    if triton is None:
+    if not triton_available():
         raise RuntimeError("Triton is not installed; use reference_cosine_topk")
     _check(query, database, k, query_offset)
     if k > MAX_KERNEL_K:
@@ -356,15 +265,15 @@ def plan_cosine_topk(
     bm, bn, bk, warps = _blocks(k, dim, interpret, dtype)
     qs, ds = q_strides or (dim, 1), d_strides or (dim, 1)
     return Launch(
-        _cosine_topk_kernel,
-        grid=(triton.cdiv(nq, bm),),
+        _jit()._cosine_topk_kernel,
+        grid=(cdiv(nq, bm),),
         pointers={"q_ptr": dtype, "d_ptr": dtype, "rq_ptr": torch.float32, "rd_ptr": torch.float32,
                   "out_ptr": torch.int64},
         extents={"q_ptr": extent((nq, dim), qs), "d_ptr": extent((nd, dim), ds), "rq_ptr": nq, "rd_ptr": nd,
                  "out_ptr": nq * k},
         scalars={"Nq": nq, "Nd": nd, "D": dim, "sqm": qs[0], "sqd": qs[1], "sdn": ds[0], "sdd": ds[1],
                  "query_offset": query_offset},
-        constexprs={"K": k, "K_PAD": triton.next_power_of_2(k), "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
+        constexprs={"K": k, "K_PAD": next_power_of_2(k), "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
                     "IEEE": dtype == torch.float32 or interpret,
                     "UPCAST": interpret and dtype == torch.bfloat16, "EXCLUDE": bool(exclude)},
         num_warps=warps,
@@ -384,7 +293,7 @@ def _(query, database, k, query_offset):
     return query.new_empty((query.shape[0], k), dtype=torch.int64)
 
 
-if triton is not None:
+if triton_available():
 
     @_cosine_topk_op.register_kernel("cuda")
     def _(query, database, k, query_offset):
@@ -413,3 +322,14 @@ def cosine_topk(
     offset = NO_SELF if query_offset is None else int(query_offset)
     _check(query, database, k, offset)
     return keys_to_topk(_cosine_topk_op(query, database, k, offset))
+
+
+def _jit():
+    """The Triton kernels of this module (`_cosine_topk_jit`), imported on first use."""
+    from . import _cosine_topk_jit
+
+    return _cosine_topk_jit
+
+
+def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
+    return jit_getattr(__package__, "_cosine_topk_jit", __name__, attr)

@@ -10,17 +10,15 @@ in float64, in bin units: exactly vdna's ``earth_movers_distance`` row by row. `
 Layers: the Triton kernel (one program per (pair, block of rows), streaming the bins in chunks and
 carrying the running cumulative sum), its launcher, the torch reference, and `batched_emd`, the custom op
 ``neuroprint::batched_emd`` (Triton on CUDA, the reference elsewhere).
+
+The ``@triton.jit`` code lives in `_emd_jit.py`, imported on first use (see kernels/_jit.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from ._jit import cdiv, jit_getattr, next_power_of_2, triton_available
 
 __all__ = ["all_pairs", "batched_emd", "reference_batched_emd", "triton_batched_emd"]
 
@@ -88,56 +86,11 @@ def reference_batched_emd(
     return out
 
 
-if triton is not None:
-
-    @triton.jit
-    def _batched_emd_kernel(
-        a_ptr,  # [Pa, R, N] contiguous
-        b_ptr,  # [Pb, R, N] contiguous
-        pairs_ptr,  # int64 [M, 2]
-        out_ptr,  # float64 [M, R]
-        R,
-        N,
-        BLOCK_R: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
-        """out[m, r] = sum_k |cumsum_k(a[i, r] / sum a[i, r] - b[j, r] / sum b[j, r])| for (i, j) = pairs[m]."""
-        pid_m = tl.program_id(0).to(tl.int64)
-        pid_r = tl.program_id(1)
-        i = tl.load(pairs_ptr + pid_m * 2).to(tl.int64)
-        j = tl.load(pairs_ptr + pid_m * 2 + 1).to(tl.int64)
-        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-        rmask = rows < R
-        base_a = a_ptr + i * R * N + rows[:, None].to(tl.int64) * N
-        base_b = b_ptr + j * R * N + rows[:, None].to(tl.int64) * N
-        # First pass: row sums (float64, as vdna sums with dtype=double).
-        sa = tl.zeros([BLOCK_R], dtype=tl.float64)
-        sb = tl.zeros([BLOCK_R], dtype=tl.float64)
-        for k0 in range(0, N, BLOCK_N):
-            k = k0 + tl.arange(0, BLOCK_N)
-            msk = rmask[:, None] & (k[None, :] < N)
-            sa += tl.sum(tl.load(base_a + k[None, :], mask=msk, other=0).to(tl.float64), axis=1)
-            sb += tl.sum(tl.load(base_b + k[None, :], mask=msk, other=0).to(tl.float64), axis=1)
-        # Second pass: running cumulative difference, carried across chunks.
-        carry = tl.zeros([BLOCK_R], dtype=tl.float64)
-        acc = tl.zeros([BLOCK_R], dtype=tl.float64)
-        for k0 in range(0, N, BLOCK_N):
-            k = k0 + tl.arange(0, BLOCK_N)
-            msk = rmask[:, None] & (k[None, :] < N)
-            ha = tl.load(base_a + k[None, :], mask=msk, other=0).to(tl.float64)
-            hb = tl.load(base_b + k[None, :], mask=msk, other=0).to(tl.float64)
-            d = ha / sa[:, None] - hb / sb[:, None]
-            c = tl.cumsum(d, axis=1) + carry[:, None]
-            acc += tl.sum(tl.where(msk, tl.abs(c), 0.0), axis=1)
-            carry = tl.sum(d, axis=1) + carry
-        tl.store(out_ptr + pid_m * R + rows, acc, mask=rmask)
-
-
 def _blocks(n: int) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_N, num_warps): a [BLOCK_R, BLOCK_N] float64 tile of 8 values per thread, so that
     the four live tiles of the second pass (two histograms, their difference, its cumulative sum) stay in
     registers: 1,024 cells for 4 warps. A 16 x 256 tile spilled 840 bytes per thread on sm_90."""
-    block_n = min(triton.next_power_of_2(max(n, 1)), 128)
+    block_n = min(next_power_of_2(max(n, 1)), 128)
     block_r = max(1, 1024 // block_n)
     return block_r, block_n, 4
 
@@ -152,8 +105,8 @@ def plan_batched_emd(
     block_r, block_n, warps = _blocks(n)
     pa, pb = m if pa is None else pa, m if pb is None else pb
     return Launch(
-        _batched_emd_kernel,
-        grid=(m, triton.cdiv(r, block_r)),
+        _jit()._batched_emd_kernel,
+        grid=(m, cdiv(r, block_r)),
         pointers={"a_ptr": dtype, "b_ptr": dtype, "pairs_ptr": torch.int64, "out_ptr": torch.float64},
         extents={"a_ptr": pa * r * n, "b_ptr": pb * r * n, "pairs_ptr": 2 * m, "out_ptr": m * r},
         scalars={"R": r, "N": n},
@@ -164,7 +117,7 @@ def plan_batched_emd(
 
 def triton_batched_emd(a: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
     """Launcher: float64 [M, R] by the Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
-    if triton is None:
+    if not triton_available():
         raise RuntimeError("Triton is not installed; use reference_batched_emd")
     pairs = _check(a, b, pairs).contiguous()
     if a.dtype != b.dtype:
@@ -191,7 +144,7 @@ def _(a, b, pairs):
     return a.new_empty((pairs.shape[0], a.shape[1]), dtype=torch.float64)
 
 
-if triton is not None:
+if triton_available():
 
     @_batched_emd_op.register_kernel("cuda")
     def _(a, b, pairs):
@@ -213,3 +166,14 @@ def batched_emd(
     b = b.to(a.device)
     per = _batched_emd_op(a, b, pairs)
     return per if neuron_wise else per.mean(dim=1)
+
+
+def _jit():
+    """The Triton kernels of this module (`_emd_jit`), imported on first use."""
+    from . import _emd_jit
+
+    return _emd_jit
+
+
+def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
+    return jit_getattr(__package__, "_emd_jit", __name__, attr)

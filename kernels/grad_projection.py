@@ -19,6 +19,8 @@ matching [BLOCK_O * BLOCK_I, E] slab of ``p`` and accumulates a per-program part
 and the oracle; it forms the gradient of a chunk of images at a time so memory stays bounded), and
 `grad_projection`, registered as the torch custom op ``neuroprint::grad_projection``; it runs the
 kernel on CUDA and the reference elsewhere.
+
+The ``@triton.jit`` code lives in `_grad_projection_jit.py`, imported on first use (see kernels/_jit.py).
 """
 
 from __future__ import annotations
@@ -27,11 +29,7 @@ import os
 
 import torch
 
-try:  # Triton ships with CUDA builds of torch; without it the reference runs everywhere.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from ._jit import cdiv, jit_getattr, triton_available
 
 __all__ = [
     "grad_projection",
@@ -106,82 +104,6 @@ def reference_grad_projection(
 
 # ------------------------------------------------------------------------------------------ Triton
 
-if triton is not None:
-
-    @triton.jit
-    def _grad_projection_kernel(
-        x_ptr,  # [B, R, D_IN], strides (sxb, sxr, sxd); fp32 / fp16 / bf16
-        g_ptr,  # [B, R, D_OUT], strides (sgb, sgr, sgd); same dtype as x
-        p_ptr,  # [D_OUT * K, E], strides (spk, spe); int8 or float
-        part_ptr,  # float32 [B, n_oblocks, E], zero-initialised; this program owns part[b, ob, :]
-        R,
-        D_IN,
-        D_OUT,
-        E,
-        sxb,
-        sxr,
-        sxd,
-        sgb,
-        sgr,
-        sgd,
-        spk,
-        spe,
-        HAS_BIAS: tl.constexpr,
-        IEEE: tl.constexpr,  # exact float32 products (no TF32) for float32 inputs
-        UPCAST: tl.constexpr,  # multiply in float32 (Triton's interpreter gets bf16 tl.dot wrong)
-        BLOCK_R: tl.constexpr,
-        BLOCK_O: tl.constexpr,
-        BLOCK_I: tl.constexpr,
-        BLOCK_E: tl.constexpr,
-    ):
-        """part[b, ob, :] = sum over the tiles (o in block ob, i) of grad[b, o, i] * p[o * K + i, :],
-        with grad[b] = g[b]^T [x[b], 1] formed tile by tile in registers (K = D_IN + HAS_BIAS)."""
-        b = tl.program_id(0).to(tl.int64)
-        ob = tl.program_id(1)
-        n_ob = tl.num_programs(1)
-        K = D_IN + HAS_BIAS
-        offs_o = ob * BLOCK_O + tl.arange(0, BLOCK_O)
-        omask = offs_o < D_OUT
-        part_row = part_ptr + (b * n_ob + ob) * E
-        for i0 in range(0, K, BLOCK_I):
-            offs_i = i0 + tl.arange(0, BLOCK_I)
-            acc = tl.zeros([BLOCK_O, BLOCK_I], dtype=tl.float32)
-            for r0 in range(0, R, BLOCK_R):
-                rows = r0 + tl.arange(0, BLOCK_R)
-                rmask = rows < R
-                gt = tl.load(
-                    g_ptr + b * sgb + rows[None, :].to(tl.int64) * sgr + offs_o[:, None].to(tl.int64) * sgd,
-                    mask=omask[:, None] & rmask[None, :],
-                    other=0.0,
-                )  # [BLOCK_O, BLOCK_R]
-                xt = tl.load(
-                    x_ptr + b * sxb + rows[:, None].to(tl.int64) * sxr + offs_i[None, :].to(tl.int64) * sxd,
-                    mask=rmask[:, None] & (offs_i[None, :] < D_IN),
-                    other=0.0,
-                )  # [BLOCK_R, BLOCK_I]
-                if HAS_BIAS:
-                    ones = rmask[:, None] & (offs_i[None, :] == D_IN)
-                    xt = tl.where(ones, 1.0, xt.to(tl.float32)).to(gt.dtype)
-                if UPCAST:
-                    acc += tl.dot(gt.to(tl.float32), xt.to(tl.float32), input_precision="ieee")
-                elif IEEE:
-                    acc += tl.dot(gt, xt, input_precision="ieee")
-                else:
-                    acc += tl.dot(gt, xt)
-            kidx = offs_o[:, None].to(tl.int64) * K + offs_i[None, :]
-            kmask = omask[:, None] & (offs_i[None, :] < K)
-            for e0 in range(0, E, BLOCK_E):
-                offs_e = e0 + tl.arange(0, BLOCK_E)
-                emask = offs_e < E
-                pt = tl.load(
-                    p_ptr + kidx[:, :, None] * spk + offs_e[None, None, :].to(tl.int64) * spe,
-                    mask=kmask[:, :, None] & emask[None, None, :],
-                    other=0,
-                ).to(tl.float32)  # [BLOCK_O, BLOCK_I, BLOCK_E]
-                contrib = tl.sum(tl.sum(acc[:, :, None] * pt, axis=1), axis=0)
-                prev = tl.load(part_row + offs_e, mask=emask, other=0.0)
-                tl.store(part_row + offs_e, prev + contrib, mask=emask)
-
 
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -208,9 +130,9 @@ def plan_grad_projection(
     xs = x_strides or (r * d_in, d_in, 1)
     gs = g_strides or (r * d_out, d_out, 1)
     ps = p_strides or (e, 1)
-    n_ob = max(1, triton.cdiv(d_out, block_o))
+    n_ob = max(1, cdiv(d_out, block_o))
     return Launch(
-        _grad_projection_kernel,
+        _jit()._grad_projection_kernel,
         grid=(max(b, 1), n_ob),
         pointers={"x_ptr": dtype, "g_ptr": dtype, "p_ptr": p_dtype, "part_ptr": torch.float32},
         extents={"x_ptr": extent((b, r, d_in), xs), "g_ptr": extent((b, r, d_out), gs),
@@ -229,7 +151,7 @@ def triton_grad_projection(
     x: torch.Tensor, g: torch.Tensor, p: torch.Tensor, bias: bool = True
 ) -> torch.Tensor:
     """Launcher: out [B, E] float32 by the Triton kernel (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
-    if triton is None:
+    if not triton_available():
         raise RuntimeError("Triton is not installed; use reference_grad_projection")
     b, r, d_in, d_out, e = _check(x, g, p, bias)
     plan = plan_grad_projection(
@@ -256,7 +178,7 @@ def _(x, g, p, bias):
     return x.new_empty((x.shape[0], p.shape[1]), dtype=torch.float32)
 
 
-if triton is not None:
+if triton_available():
 
     @_grad_projection_op.register_kernel("cuda")
     def _(x, g, p, bias):
@@ -272,3 +194,14 @@ def grad_projection(x: torch.Tensor, g: torch.Tensor, p: torch.Tensor, bias: boo
     """
     _check(x, g, p, bias)
     return _grad_projection_op(x, g, p, bias)
+
+
+def _jit():
+    """The Triton kernels of this module (`_grad_projection_jit`), imported on first use."""
+    from . import _grad_projection_jit
+
+    return _grad_projection_jit
+
+
+def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
+    return jit_getattr(__package__, "_grad_projection_jit", __name__, attr)

@@ -16,6 +16,8 @@ integer atomics, so the result is exact and deterministic), its launcher, the pl
 (the CPU path and the oracle), and `neuron_histogram`, registered as the torch custom op
 ``neuroprint::neuron_histogram`` so that it composes with ``torch.compile``; it runs the kernel on CUDA
 and the reference elsewhere.
+
+The ``@triton.jit`` code lives in `_histogram_jit.py`, imported on first use (see kernels/_jit.py).
 """
 
 from __future__ import annotations
@@ -26,11 +28,7 @@ import threading
 import numpy as np
 import torch
 
-try:  # Triton ships with CUDA builds of torch; without it the reference runs everywhere.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from ._jit import cdiv, jit_getattr, next_power_of_2, triton_available
 
 __all__ = [
     "PRECISIONS",
@@ -178,87 +176,17 @@ def reference_neuron_histogram(
 
 # ------------------------------------------------------------------------------------------ Triton
 
-if triton is not None:
-
-    @triton.jit
-    def bin_tile(
-        x, mean, std, mask, lc, NBINS: tl.constexpr, NB_PAD: tl.constexpr, FP64: tl.constexpr = True
-    ):
-        """The binning rule on a [rows, BLOCK_C] tile: returns (index into BLOCK_C * NB_PAD on-chip
-        counts, whether the value counts). NaN and masked-out values do not count. ``mean`` and ``std``
-        come in the precision of the normalisation: float64 (FP64, vdna's) or float32."""
-        if FP64:
-            xn = (x.to(tl.float64) - mean[None, :]) / std[None, :]
-        else:
-            xn = (x.to(tl.float32) - mean[None, :]) / std[None, :]
-        valid = mask & (xn == xn)
-        xn = tl.minimum(tl.maximum(xn, -1.0), 1.0)
-        pos = tl.minimum(((xn + 1.0) * NBINS / 2.0).to(tl.int32), NBINS - 1)
-        return tl.where(valid, lc[None, :] * NB_PAD + pos, 0), valid
-
-    @triton.jit
-    def _neuron_histogram_kernel(
-        x_ptr,  # activations, [B, P, C] with strides (sb, sp, sc); fp32 / fp16 / bf16 / fp64
-        mean_ptr,  # float64 [C]
-        std_ptr,  # float64 [C]
-        out_ptr,  # int64 [C, NBINS], accumulated into
-        R,  # rows = B * P
-        P,
-        C,
-        sb,
-        sp,
-        sc,
-        rows_per_prog,  # a multiple of BLOCK_R
-        NBINS: tl.constexpr,
-        NB_PAD: tl.constexpr,  # next power of two >= NBINS
-        BLOCK_R: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        FP64: tl.constexpr,  # normalise in float64 (vdna's arithmetic) or float32
-    ):
-        """counts[c, k] += #{r : bin(x[r, c]) == k} for the rows [pid_r * rows_per_prog, ...) and
-        channels [pid_c * BLOCK_C, ...), with bin() the rule of this module."""
-        pid_r = tl.program_id(0)
-        pid_c = tl.program_id(1)
-        lc = tl.arange(0, BLOCK_C)
-        cols = pid_c * BLOCK_C + lc
-        cmask = cols < C
-        mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
-        std = tl.load(std_ptr + cols, mask=cmask, other=1.0)
-        if not FP64:
-            mean = mean.to(tl.float32)
-            std = std.to(tl.float32)
-        acc = tl.zeros([BLOCK_C * NB_PAD], dtype=tl.int32)
-        row_start = pid_r * rows_per_prog
-        for r0 in range(row_start, row_start + rows_per_prog, BLOCK_R):
-            rows = r0 + tl.arange(0, BLOCK_R)  # R < 2**31: the launcher splits larger batches
-            rmask = rows < R
-            b = (rows // P).to(tl.int64)
-            p = (rows % P).to(tl.int64)
-            offs = b[:, None] * sb + p[:, None] * sp + cols[None, :].to(tl.int64) * sc
-            m = rmask[:, None] & cmask[None, :]
-            x = tl.load(x_ptr + offs, mask=m, other=0.0)
-            idx, valid = bin_tile(x, mean, std, m, lc, NBINS, NB_PAD, FP64)
-            acc += tl.histogram(
-                tl.reshape(idx, [BLOCK_R * BLOCK_C]),
-                BLOCK_C * NB_PAD,
-                mask=tl.reshape(valid, [BLOCK_R * BLOCK_C]),
-            )
-        counts = tl.reshape(acc, [BLOCK_C, NB_PAD]).to(tl.int64)
-        k = tl.arange(0, NB_PAD)
-        optr = out_ptr + cols[:, None].to(tl.int64) * NBINS + k[None, :]
-        tl.atomic_add(optr, counts, mask=cmask[:, None] & (k[None, :] < NBINS))
-
 
 def _blocks(rows: int, channels: int, bins: int) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_C, rows_per_prog): on-chip counts of BLOCK_C * next_pow2(bins) int32 per program."""
-    nb_pad = triton.next_power_of_2(bins)
-    block_c = max(1, min(triton.next_power_of_2(channels), 8192 // nb_pad, 16))
+    nb_pad = next_power_of_2(bins)
+    block_c = max(1, min(next_power_of_2(channels), 8192 // nb_pad, 16))
     block_r = max(16, min(128, 4096 // block_c))
-    col_progs = triton.cdiv(channels, block_c)
+    col_progs = cdiv(channels, block_c)
     # Enough programs to fill a large GPU a few times over; each covers many rows so that its one
     # atomic flush of BLOCK_C * NBINS counts is amortised.
-    row_progs = max(1, min(triton.cdiv(rows, block_r), 1024 // col_progs))
-    rows_per_prog = triton.cdiv(triton.cdiv(rows, row_progs), block_r) * block_r
+    row_progs = max(1, min(cdiv(rows, block_r), 1024 // col_progs))
+    rows_per_prog = cdiv(cdiv(rows, row_progs), block_r) * block_r
     return block_r, block_c, rows_per_prog
 
 
@@ -276,13 +204,13 @@ def plan_neuron_histogram(shape, strides, dtype: torch.dtype, bins: int, precisi
         raise LaunchError(f"{rows} rows in one histogram launch; at most {_MAX_ROWS}")
     block_r, block_c, rows_per_prog = _blocks(rows, C, bins)
     return Launch(
-        _neuron_histogram_kernel,
-        grid=(triton.cdiv(rows, rows_per_prog), triton.cdiv(C, block_c)),
+        _jit()._neuron_histogram_kernel,
+        grid=(cdiv(rows, rows_per_prog), cdiv(C, block_c)),
         pointers={"x_ptr": dtype, "mean_ptr": torch.float64, "std_ptr": torch.float64, "out_ptr": torch.int64},
         extents={"x_ptr": extent(shape, strides), "mean_ptr": C, "std_ptr": C, "out_ptr": C * bins},
         scalars={"R": rows, "P": P, "C": C, "sb": strides[0], "sp": strides[1], "sc": strides[2],
                  "rows_per_prog": rows_per_prog},
-        constexprs={"NBINS": bins, "NB_PAD": triton.next_power_of_2(bins), "BLOCK_R": block_r,
+        constexprs={"NBINS": bins, "NB_PAD": next_power_of_2(bins), "BLOCK_R": block_r,
                     "BLOCK_C": block_c, "FP64": _precision(precision) == "fp64"},
     )  # fmt: skip
 
@@ -291,7 +219,7 @@ def triton_neuron_histogram(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int, precision: str = "fp64"
 ) -> torch.Tensor:
     """Launcher: int64 counts [C, bins] by the Triton kernel (CUDA tensors, or CPU under TRITON_INTERPRET=1)."""
-    if triton is None:
+    if not triton_available():
         raise RuntimeError("Triton is not installed; use reference_neuron_histogram")
     bpc = _check(x, mean, std, bins)
     if bpc.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
@@ -327,7 +255,7 @@ def _(x, mean, std, bins, precision):
     return x.new_empty((channels, bins), dtype=torch.int64)
 
 
-if triton is not None:
+if triton_available():
 
     @_neuron_histogram_op.register_kernel("cuda")
     def _(x, mean, std, bins, precision):
@@ -359,3 +287,14 @@ def neuron_histogram(
         raise ValueError(f"out must be int64 {tuple(counts.shape)}, got {out.dtype} {tuple(out.shape)}")
     out += counts
     return out
+
+
+def _jit():
+    """The Triton kernels of this module (`_histogram_jit`), imported on first use."""
+    from . import _histogram_jit
+
+    return _histogram_jit
+
+
+def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
+    return jit_getattr(__package__, "_histogram_jit", __name__, attr)

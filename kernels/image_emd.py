@@ -12,24 +12,16 @@ Layers: the Triton kernel (one program per (image, block of neurons): it bins th
 counts kept on chip, scans them and compares with the reference CDF, so only [B, C] scores leave the
 chip), the launcher, the torch reference (per-image histograms built in bounded chunks), and
 `per_image_emd`, the custom op ``neuroprint::per_image_emd``.
+
+The ``@triton.jit`` code lives in `_image_emd_jit.py`, imported on first use (see kernels/_jit.py).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ._jit import cdiv, jit_getattr, next_power_of_2, triton_available
 from .histogram import _check as _check_hist
-
-try:
-    from .histogram import bin_tile
-except ImportError:  # pragma: no cover - no Triton
-    bin_tile = None
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
 
 __all__ = ["per_image_emd", "reference_cdf", "reference_per_image_emd", "triton_per_image_emd"]
 
@@ -83,60 +75,11 @@ def reference_per_image_emd(
     return out
 
 
-if triton is not None:
-
-    @triton.jit
-    def _per_image_emd_kernel(
-        x_ptr,  # [B, P, C] with strides (sb, sp, sc)
-        mean_ptr,  # float64 [C]
-        std_ptr,  # float64 [C]
-        cdf_ptr,  # float64 [C, NBINS]: reference CDF
-        out_ptr,  # float64 [B, C]
-        P,
-        C,
-        sb,
-        sp,
-        sc,
-        NBINS: tl.constexpr,
-        NB_PAD: tl.constexpr,
-        BLOCK_P: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-    ):
-        """out[b, c] = sum_k |cumsum(hist(x[b, :, c]))_k / n - cdf[c, k]| over the channels of this program."""
-        b = tl.program_id(0).to(tl.int64)
-        pid_c = tl.program_id(1)
-        lc = tl.arange(0, BLOCK_C)
-        cols = pid_c * BLOCK_C + lc
-        cmask = cols < C
-        mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
-        std = tl.load(std_ptr + cols, mask=cmask, other=1.0)
-        acc = tl.zeros([BLOCK_C * NB_PAD], dtype=tl.int32)
-        for p0 in range(0, P, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            m = (p[:, None] < P) & cmask[None, :]
-            offs = b * sb + p[:, None].to(tl.int64) * sp + cols[None, :].to(tl.int64) * sc
-            x = tl.load(x_ptr + offs, mask=m, other=0.0)
-            idx, valid = bin_tile(x, mean, std, m, lc, NBINS, NB_PAD)
-            acc += tl.histogram(
-                tl.reshape(idx, [BLOCK_P * BLOCK_C]),
-                BLOCK_C * NB_PAD,
-                mask=tl.reshape(valid, [BLOCK_P * BLOCK_C]),
-            )
-        counts = tl.reshape(acc, [BLOCK_C, NB_PAD])
-        total = tl.sum(counts, axis=1).to(tl.float64)
-        own = tl.cumsum(counts, axis=1).to(tl.float64) / total[:, None]
-        k = tl.arange(0, NB_PAD)
-        km = cmask[:, None] & (k[None, :] < NBINS)
-        ref = tl.load(cdf_ptr + cols[:, None].to(tl.int64) * NBINS + k[None, :], mask=km, other=0.0)
-        score = tl.sum(tl.where(km, tl.abs(own - ref), 0.0), axis=1)
-        tl.store(out_ptr + b * C + cols, score, mask=cmask)
-
-
 def triton_per_image_emd(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, ref_counts: torch.Tensor
 ) -> torch.Tensor:
     """Launcher: float64 [B, C] by the Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
-    if triton is None:
+    if not triton_available():
         raise RuntimeError("Triton is not installed; use reference_per_image_emd")
     bpc, bins = _check(x, mean, std, ref_counts)
     B, P, C = bpc.shape
@@ -157,12 +100,12 @@ def plan_per_image_emd(shape, strides, dtype: torch.dtype, bins: int):
     from ._launch import Launch, extent
 
     B, P, C = (int(v) for v in shape)
-    nb_pad = triton.next_power_of_2(bins)
-    block_c = max(1, min(triton.next_power_of_2(C), 8192 // nb_pad, 16))
-    block_p = max(16, min(128, triton.next_power_of_2(max(P, 1)), 4096 // block_c))
+    nb_pad = next_power_of_2(bins)
+    block_c = max(1, min(next_power_of_2(C), 8192 // nb_pad, 16))
+    block_p = max(16, min(128, next_power_of_2(max(P, 1)), 4096 // block_c))
     return Launch(
-        _per_image_emd_kernel,
-        grid=(B, triton.cdiv(C, block_c)),
+        _jit()._per_image_emd_kernel,
+        grid=(B, cdiv(C, block_c)),
         pointers={"x_ptr": dtype, "mean_ptr": torch.float64, "std_ptr": torch.float64,
                   "cdf_ptr": torch.float64, "out_ptr": torch.float64},
         extents={"x_ptr": extent(shape, strides), "mean_ptr": C, "std_ptr": C, "cdf_ptr": C * bins,
@@ -186,7 +129,7 @@ def _(x, mean, std, ref_counts):
     return x.new_empty((batch, channels), dtype=torch.float64)
 
 
-if triton is not None:
+if triton_available():
 
     @_per_image_emd_op.register_kernel("cuda")
     def _(x, mean, std, ref_counts):
@@ -208,3 +151,14 @@ def per_image_emd(
         std.to(device=dev, dtype=torch.float64),
         ref_counts.to(dev),
     )
+
+
+def _jit():
+    """The Triton kernels of this module (`_image_emd_jit`), imported on first use."""
+    from . import _image_emd_jit
+
+    return _image_emd_jit
+
+
+def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
+    return jit_getattr(__package__, "_image_emd_jit", __name__, attr)

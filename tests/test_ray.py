@@ -104,3 +104,36 @@ def test_cli_ray_job(many, tmp_path, capsys):
                  "--num-actors", "2", "-q"])  # fmt: skip
     assert code == 0
     assert "25 images in = 24 processed + 1 failed (4 of 4 shards computed now)" in capsys.readouterr().out
+
+
+def test_the_ray_driver_holds_no_model_and_auto_ranges_build_it_there(many, tmp_path):
+    """Under Ray only the actors (and a one-off description task) build the network; the driver builds it
+    only for a pass it runs itself ('auto' ranges), and the outputs equal the local runner's."""
+    from neuroprint.stats.profile import _CACHE
+
+    src, ranges = many
+    _CACHE.key = _CACHE.extractor = _CACHE.model = None
+    got = run_job(src, tmp_path / "ray", DISTS, ranges=ranges, shard_size=6, ray=True, num_actors=1, **KW)
+    assert got.processed == 24 and got.failed == 1
+    assert _CACHE.extractor is None, "the Ray driver built the model"
+    settings = read_manifest(tmp_path / "ray")["settings"]
+    local = run_job(src, tmp_path / "local", DISTS, ranges=ranges, shard_size=6, **KW)
+    for key in ("extractor", "weights", "layers", "recipe"):
+        assert settings[key] == read_manifest(tmp_path / "local")["settings"][key]
+    assert_vdnas_agree(local.vdnas, got.vdnas, LEVEL_FLOAT32)
+    _CACHE.key = _CACHE.extractor = _CACHE.model = None
+    auto = run_job(src, tmp_path / "auto", DISTS, ranges="auto", shard_size=6, ray=True, num_actors=1, **KW)
+    assert _CACHE.extractor is not None  # the ranges pass ran on the driver
+    auto_local = run_job(src, tmp_path / "auto_local", DISTS, ranges="auto", shard_size=6, **KW)
+    assert_vdnas_agree(auto_local.vdnas, auto.vdnas, LEVEL_FLOAT32)
+
+
+def test_a_bad_checkpoint_fails_a_ray_job_with_the_extractor_error_before_claiming(many, tmp_path):
+    from neuroprint import WeightsError
+
+    src, ranges = many
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read weights file"):
+        run_job(src, tmp_path / "out", DISTS, ranges=ranges, ray=True, num_actors=1, **{**KW, "weights": bad})
+    assert not (tmp_path / "out" / "manifest.json").exists()

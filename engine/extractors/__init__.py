@@ -13,7 +13,15 @@ weights and input; any timm model works too (``timm:<name>``)::
 
 from ._backbone import TapBackbone
 from ._config import ExtractorConfig, UnknownExtractorError, list_extractors, register_extractor
-from ._factory import Extractor, create_extractor, get_extractor_config, published_ranges, read_ranges_file
+from ._factory import (
+    Extractor,
+    ExtractorInfo,
+    create_extractor,
+    describe_extractor,
+    get_extractor_config,
+    published_ranges,
+    read_ranges_file,
+)
 
 # Importing the builtin modules registers their extractors.
 from . import _cnn, _inception, _vit  # noqa: E402, F401  isort: skip
@@ -21,9 +29,11 @@ from . import _cnn, _inception, _vit  # noqa: E402, F401  isort: skip
 __all__ = [
     "Extractor",
     "ExtractorConfig",
+    "ExtractorInfo",
     "TapBackbone",
     "UnknownExtractorError",
     "create_extractor",
+    "describe_extractor",
     "get_extractor_config",
     "list_extractors",
     "published_ranges",

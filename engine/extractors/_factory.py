@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -204,6 +205,36 @@ def create_extractor(
     if model_name is not None and not config.layers:
         config = _timm.timm_config(model_name, layers=dict(backbone.tap_channels))
     return Extractor(config, backbone, counts, weights_id)
+
+
+@dataclass(frozen=True)
+class ExtractorInfo:
+    """What a job's driver needs of an extractor without holding the network: its name, weights id, tap
+    layers with their neuron counts, and input recipe (the attributes of `Extractor` of the same names).
+    A Ray job's driver gets one from a short-lived Ray task (`describe_extractor` there), so that only
+    the actors build the model."""
+
+    name: str
+    weights_id: str
+    layers: dict
+    recipe: Recipe
+
+    @classmethod
+    def of(cls, ex: Extractor) -> ExtractorInfo:
+        return cls(ex.name, ex.weights_id, dict(ex.layers), ex.recipe)
+
+
+def describe_extractor(
+    name: str,
+    *,
+    weights: str | os.PathLike = "default",
+    layers: Sequence[str] | str | None = None,
+    seed: int = 0,
+) -> ExtractorInfo:
+    """The `ExtractorInfo` of ``create_extractor(name, weights=..., layers=..., seed=...)``: the model is
+    built (on CPU, float32: the layers and weights id do not depend on either) and its weights are loaded,
+    so that a bad checkpoint fails here, then everything but the description is dropped."""
+    return ExtractorInfo.of(create_extractor(name, weights=weights, layers=layers, seed=seed))
 
 
 def read_ranges_file(path: str | os.PathLike) -> dict[str, dict[str, dict[int, float]]]:

@@ -152,7 +152,7 @@ def _auto_ranges(job) -> Ranges:
 
     r = ActivationRangesReducer(job.ex.layers)
     fails = _run_pass(
-        job.loader(), job.model, [r], job.dev, desc=f"ranges {job.ex.name}", progress=job.progress
+        job.loader(), job.driver_model(), [r], job.dev, desc=f"ranges {job.ex.name}", progress=job.progress
     )
     if r.count == 0:
         raise _empty(job.source, fails)

@@ -34,6 +34,7 @@ reference) and DALI (the default on CUDA when installed), chosen once per job an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -136,20 +137,21 @@ class Job:
         self.source = open_source(self.source)
         items = self.source.item_list()  # columnar (neuroprint.io.sources.ItemList); shards are views
         shards = [items[i : i + self.shard_size] for i in range(0, len(items), self.shard_size)]
-        self._open_backbone()
-        for part in self.parts:
-            part.configure(self)
-        self._check_needs()
-        manifest = self._claim(self._settings(items), len(shards))
-        for part in self.parts:
-            part.prepare(self)
-        self._checkpointing = all(p.merged_state() is not None for p in self.parts)
-        if self._checkpointing:
-            self._load_checkpoint(manifest, len(shards))
-        todo = [k for k in range(len(shards)) if f"{k:05d}" not in manifest["finished"]]
-        if self.max_shards is not None:
-            todo = todo[: max(0, int(self.max_shards))]
-        self._run_shards(manifest, shards, todo, len(items))
+        with self._ray_session():  # one Ray session for the model's description and the shards
+            self._open_backbone()
+            for part in self.parts:
+                part.configure(self)
+            self._check_needs()
+            manifest = self._claim(self._settings(items), len(shards))
+            for part in self.parts:
+                part.prepare(self)
+            self._checkpointing = all(p.merged_state() is not None for p in self.parts)
+            if self._checkpointing:
+                self._load_checkpoint(manifest, len(shards))
+            todo = [k for k in range(len(shards)) if f"{k:05d}" not in manifest["finished"]]
+            if self.max_shards is not None:
+                todo = todo[: max(0, int(self.max_shards))]
+            self._run_shards(manifest, shards, todo, len(items))
         finished = manifest["finished"].values()
         if len(manifest["finished"]) < len(shards):
             logger.info("%d of %d shards finished; rerun to continue", len(manifest["finished"]), len(shards))
@@ -228,7 +230,7 @@ class Job:
         )
 
     def _open_backbone(self) -> None:
-        from ..stats.profile import _CACHE, _default_workers, resolve_device
+        from ..stats.profile import _default_workers, resolve_device
 
         self.dev = resolve_device(self.device)
         self.workers = _default_workers() if self.num_workers is None else int(self.num_workers)
@@ -244,7 +246,24 @@ class Job:
             return
         self.compile = self.dev.type == "cuda" if b.compile is None else b.compile
         self.weights, self.dtype = b.weights, b.dtype
-        self.ex, self.model = _CACHE.get(
+        if self.ray:
+            # Only the actors hold the network: the driver reads its description (name, weights id,
+            # layers, recipe), made in a one-off Ray worker. A part that runs the model on the driver
+            # (the 'auto' ranges pass) builds it there on first use (`driver_model`).
+            from .ray import describe_on_ray
+
+            self.ex = describe_on_ray(b.extractor, weights=b.weights, layers=b.layers, seed=self.seed)
+            self.model = None
+        else:
+            self.ex, self.model = self._build_model()
+        recipe = self.ex.recipe if b.crop == "none" else self.ex.recipe.with_(crop=b.crop)
+        self.recipe = recipe if b.resize_mode is None else recipe.with_(resize=b.resize_mode)
+
+    def _build_model(self):
+        from ..stats.profile import _CACHE
+
+        b = self.backbone
+        return _CACHE.get(
             b.extractor,
             weights=b.weights,
             layers=b.layers,
@@ -253,8 +272,26 @@ class Job:
             seed=self.seed,
             compile=self.compile,
         )
-        recipe = self.ex.recipe if b.crop == "none" else self.ex.recipe.with_(crop=b.crop)
-        self.recipe = recipe if b.resize_mode is None else recipe.with_(resize=b.resize_mode)
+
+    def driver_model(self):
+        """The backbone in this process, for parts that run it on the driver (the 'auto' ranges pass):
+        the local runner's own; under Ray, built here on first call (the actors build their own)."""
+        if self.model is None:
+            if self.backbone is None:
+                raise ValueError("this job has no backbone")
+            ex, self.model = self._build_model()
+            if ex.layers != self.ex.layers or ex.weights_id != self.ex.weights_id:
+                raise RuntimeError(
+                    f"the extractor built here differs from its description: {ex} vs {self.ex}"
+                )
+        return self.model
+
+    def _ray_session(self):
+        if not self.ray:
+            return contextlib.nullcontext()
+        from .ray import ray_session
+
+        return ray_session(self.ray_address)
 
     def _check_needs(self) -> None:
         pil_only = [p.name for p in self.parts if "decoded" in p.needs or p.per_image is not None]

@@ -67,6 +67,24 @@ def ray_session(address: str | None = None):
             ray.shutdown()
 
 
+def describe_on_ray(extractor: str, *, weights, layers, seed: int):
+    """The `ExtractorInfo` of an extractor, built in a one-off Ray worker process (``max_calls=1``: the
+    process exits afterwards, with the network and its libraries), so that the driver of a Ray job never
+    holds a model. Needs a connected Ray (`ray_session`). The extractor's own error (an unknown name, a
+    bad checkpoint) is raised as itself."""
+    ray = _require_ray()
+    from ..extractors import describe_extractor
+
+    task = ray.remote(num_cpus=1, num_gpus=0, max_calls=1, max_retries=0)(describe_extractor)
+    try:
+        return ray.get(task.remote(extractor, weights=weights, layers=layers, seed=seed))
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+
+
 def run_shards_on_ray(
     make_worker, device, shards, todo, commit, bar, *, num_actors=None, address=None
 ) -> None:
