@@ -257,3 +257,30 @@ def test_parse_distribution_rejects(bad):
 def test_histogram_reducer_needs_ranges():
     with pytest.raises(ValueError, match="ranges"):
         make_reducer("histogram-10", LAYERS)
+
+
+@pytest.mark.parametrize("layout", ["channel-major", "rows"])
+def test_moment_and_range_reducers_equal_the_whole_batch_formulas_past_one_chunk(layout):
+    """The float64 per-image means are taken a few images at a time on the CPU (no whole-batch float64
+    copy) and the ranges without reshaping to rows: the same numbers, bit for bit, as the plain formulas,
+    for a batch larger than one chunk (5 x 3001 x 71 > 2**20 elements) and a ragged last chunk."""
+    from neuroprint.stats.reducers import ActivationRangesReducer, GaussianReducer, LayerGaussianReducer
+
+    g = torch.Generator().manual_seed(3)
+    if layout == "channel-major":
+        x = (torch.randn(5, 71, 3001, generator=g) * 3 + 1).transpose(1, 2)  # [B, P, C], stride(1) == 1
+    else:
+        x = torch.randn(5, 3001, 71, generator=g) * 3 + 1
+    x[2, 7, 5] = float("nan")
+    layers = {"l": 71}
+    v = x.to(torch.float64).mean(dim=1)
+    lg, ga, ra = LayerGaussianReducer(layers), GaussianReducer(layers), ActivationRangesReducer(layers)
+    for r in (lg, ga, ra):
+        r.update({"l": x})
+    torch.testing.assert_close(lg.mean["l"], v.mean(0), rtol=0, atol=0, equal_nan=True)
+    c = v - v.mean(0)
+    torch.testing.assert_close(lg.m2["l"], c.T @ c, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(ga.m2["l"], (c * c).sum(0), rtol=0, atol=0, equal_nan=True)
+    rows = x.reshape(-1, 71)
+    torch.testing.assert_close(ra.min["l"], rows.amin(0).float(), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(ra.max["l"], rows.amax(0).float(), rtol=0, atol=0, equal_nan=True)

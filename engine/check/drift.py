@@ -145,7 +145,14 @@ class NeuronPool(Part):
         keep = [i for i, it in enumerate(batch.items) if self.means == "all" or it.id in self._pool]
         if keep:
             idx = torch.tensor(keep, device=next(iter(feats.values())).device)
-            m = torch.cat([feats[k].index_select(0, idx).float().mean(dim=1) for k in self._layers], dim=1)
+            every = len(keep) == len(batch.items)  # then no copy of the feature maps
+            m = torch.cat(
+                [
+                    (feats[k] if every else feats[k].index_select(0, idx)).float().mean(dim=1)
+                    for k in self._layers
+                ],
+                dim=1,
+            )
             self._means.append(m.cpu().numpy().astype(np.float32))
             self._ids.extend(batch.items[i].id for i in keep)
         rows = [i for i, it in enumerate(batch.items) if self._ref_cdf is not None or it.id in self._pool]
