@@ -127,6 +127,10 @@ def test_compact_partials_round_trip_in_their_dtypes(tmp_path):
         "cube": rng.integers(-3, 4, size=(3, 4, 5)).astype(np.int32),
         "column": rng.integers(0, 9, size=(6, 1)).astype(np.int64),  # one per row: narrowed only
         "extremes": np.array([[-128, 127, -128], [127, 0, -1]], dtype=np.int8),
+        # 8- and 16-bit arrays are delta-coded in int32: the largest jumps must survive
+        "u16": np.array([[0, 65535, 0, 65535], [65535, 1, 65534, 0]], dtype=np.uint16),
+        "i16": np.array([[-32768, 32767, -32768], [32767, 0, -1]], dtype=np.int16),
+        "u8": np.array([[0, 255, 0], [255, 255, 0]], dtype=np.uint8),
         "u64": np.array([0, 2**60, 5], dtype=np.uint64),
         "near_limit": np.array([-(2**61) - 1, 2**61], dtype=np.int64),  # narrowed only
     }
