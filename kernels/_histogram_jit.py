@@ -22,6 +22,18 @@ def bin_tile(x, mean, std, mask, lc, NBINS: tl.constexpr, NB_PAD: tl.constexpr, 
 
 
 @triton.jit
+def channel_block(mean_ptr, std_ptr, C, BLOCK_C: tl.constexpr):
+    """The neurons of this program (block ``program_id(1)`` of BLOCK_C): (lanes 0..BLOCK_C-1, their neuron
+    indices, which exist, and their float64 normalisation mean and std; 0 and 1 past C)."""
+    lc = tl.arange(0, BLOCK_C)
+    cols = tl.program_id(1) * BLOCK_C + lc
+    cmask = cols < C
+    mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
+    std = tl.load(std_ptr + cols, mask=cmask, other=1.0)
+    return lc, cols, cmask, mean, std
+
+
+@triton.jit
 def _neuron_histogram_kernel(
     x_ptr,  # activations, [B, P, C] with strides (sb, sp, sc); fp32 / fp16 / bf16 / fp64
     mean_ptr,  # float64 [C]
@@ -41,14 +53,9 @@ def _neuron_histogram_kernel(
     FP64: tl.constexpr,  # normalise in float64 (vdna's arithmetic) or float32
 ):
     """counts[c, k] += #{r : bin(x[r, c]) == k} for the rows [pid_r * rows_per_prog, ...) and
-    channels [pid_c * BLOCK_C, ...), with bin() the rule of this module."""
+    channels [program_id(1) * BLOCK_C, ...), with bin() the rule of this module."""
     pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    lc = tl.arange(0, BLOCK_C)
-    cols = pid_c * BLOCK_C + lc
-    cmask = cols < C
-    mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
-    std = tl.load(std_ptr + cols, mask=cmask, other=1.0)
+    lc, cols, cmask, mean, std = channel_block(mean_ptr, std_ptr, C, BLOCK_C)
     if not FP64:
         mean = mean.to(tl.float32)
         std = std.to(tl.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._histogram_jit import bin_tile
+from ._histogram_jit import bin_tile, channel_block
 
 
 @triton.jit
@@ -27,12 +27,7 @@ def _per_image_emd_kernel(
 ):
     """out[b, c] = sum_k |cumsum(hist(x[b, :, c]))_k / n - cdf[c, k]| over the channels of this program."""
     b = tl.program_id(0).to(tl.int64)
-    pid_c = tl.program_id(1)
-    lc = tl.arange(0, BLOCK_C)
-    cols = pid_c * BLOCK_C + lc
-    cmask = cols < C
-    mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
-    std = tl.load(std_ptr + cols, mask=cmask, other=1.0)
+    lc, cols, cmask, mean, std = channel_block(mean_ptr, std_ptr, C, BLOCK_C)
     acc = tl.zeros([BLOCK_C * NB_PAD], dtype=tl.int32)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
