@@ -709,3 +709,25 @@ def test_the_nights_histogram_vdna_equals_a_plain_profiles(ref, tmp_path):
         and a.meta["extractor"] == b.meta["extractor"]
     )
     assert (tmp_path / "night" / "layer-gaussian.json").is_file()
+
+
+def test_a_check_on_ray_equals_the_local_check(ref, tmp_path):
+    """`check(..., ray=True)`: two actors compute the night's shards (the driver holds no model); the
+    per-image columns that do not depend on the network are equal, the model's numbers agree to float32
+    precision (actors run fewer torch threads), and the verdict and counts are the same."""
+    pytest.importorskip("ray")
+    src = _night(tmp_path / "src", 500, n=40)
+    local = check(src, ref, tmp_path / "local", resamples=99, report=False, **KW)
+    on_ray = check(src, ref, tmp_path / "ray", resamples=99, report=False, ray=True, num_actors=2, **KW)
+    assert on_ray.verdict == local.verdict and on_ray.counts == local.counts
+    a = pq.read_table(tmp_path / "local" / "flags.parquet").to_pydict()
+    b = pq.read_table(tmp_path / "ray" / "flags.parquet").to_pydict()
+    assert a.keys() == b.keys() and a["id"] == b["id"]
+    exact = ["status", "width", "height", "brightness", "contrast", "colourfulness", "saturation",
+             "laplacian_var", "entropy", "grayscale", "dark_clip", "light_clip", "duplicate_of",
+             "duplicate_of_reference", "reference_distance"]  # fmt: skip
+    for c in exact:
+        assert a[c] == b[c], c
+    for c in ("emd_reference", "outlier_score"):
+        np.testing.assert_allclose(np.asarray(b[c], float), np.asarray(a[c], float), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(on_ray.drift["emd"], local.drift["emd"], rtol=1e-4)
