@@ -5,7 +5,7 @@ the module itself (its torch reference, launch plans, launcher and custom op) do
 ``triton`` (the module, or None when Triton is not installed) and its kernels as attributes loaded when
 first read. Importing Triton costs about 76 MiB of resident memory (Triton 3.8) and some import time.
 torch imports it too, when a custom op is first called (through torch._dynamo) or torchvision is
-imported, so this spares the processes that do neither: model-free jobs (hashes, dedup) and Ray drivers,
+imported, so this spares the processes that do neither: model-free hash jobs and Ray drivers,
 which never run a kernel.
 """
 
