@@ -15,7 +15,7 @@ import functools
 import importlib
 import importlib.util
 
-__all__ = ["cdiv", "jit_getattr", "next_power_of_2", "triton_available", "triton_module"]
+__all__ = ["cdiv", "lazy_jit", "next_power_of_2", "triton_available", "triton_module"]
 
 
 @functools.cache
@@ -46,12 +46,22 @@ def next_power_of_2(n: int) -> int:
     return 0 if n <= 0 else 1 << (n - 1).bit_length()
 
 
-def jit_getattr(package: str, jit_name: str, module_name: str, attr: str):
-    """A kernel module's ``__getattr__``: ``triton`` and the names of its ``_<name>_jit`` sibling."""
-    if attr == "triton":
-        return triton_module()
-    if not attr.startswith("__") and triton_module() is not None:
-        jit = importlib.import_module(f"{package}.{jit_name}")
-        if hasattr(jit, attr):
-            return getattr(jit, attr)
-    raise AttributeError(f"module {module_name!r} has no attribute {attr!r}")
+def lazy_jit(module_name: str, jit_name: str):
+    """(loader, module ``__getattr__``) of a kernel module whose ``@triton.jit`` code is ``jit_name``: the
+    loader imports that sibling on first call; ``__getattr__`` answers ``triton`` (the module or None) and
+    the sibling's names. Usage: ``_jit, __getattr__ = lazy_jit(__name__, "_histogram_jit")``."""
+    package = module_name.rpartition(".")[0]
+
+    def load():
+        return importlib.import_module(f"{package}.{jit_name}")
+
+    def module_getattr(attr: str):
+        if attr == "triton":
+            return triton_module()
+        if not attr.startswith("__") and triton_module() is not None:
+            jit = load()
+            if hasattr(jit, attr):
+                return getattr(jit, attr)
+        raise AttributeError(f"module {module_name!r} has no attribute {attr!r}")
+
+    return load, module_getattr

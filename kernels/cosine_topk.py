@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ._jit import cdiv, jit_getattr, next_power_of_2, triton_available
+from ._jit import cdiv, lazy_jit, next_power_of_2, triton_available
 
 __all__ = [
     "NO_SELF",
@@ -324,12 +324,5 @@ def cosine_topk(
     return keys_to_topk(_cosine_topk_op(query, database, k, offset))
 
 
-def _jit():
-    """The Triton kernels of this module (`_cosine_topk_jit`), imported on first use."""
-    from . import _cosine_topk_jit
-
-    return _cosine_topk_jit
-
-
-def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
-    return jit_getattr(__package__, "_cosine_topk_jit", __name__, attr)
+# the @triton.jit code, imported on first use (see kernels/_jit.py)
+_jit, __getattr__ = lazy_jit(__name__, "_cosine_topk_jit")

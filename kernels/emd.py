@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ._jit import cdiv, jit_getattr, next_power_of_2, triton_available
+from ._jit import cdiv, lazy_jit, next_power_of_2, triton_available
 
 __all__ = ["all_pairs", "batched_emd", "reference_batched_emd", "triton_batched_emd"]
 
@@ -168,12 +168,5 @@ def batched_emd(
     return per if neuron_wise else per.mean(dim=1)
 
 
-def _jit():
-    """The Triton kernels of this module (`_emd_jit`), imported on first use."""
-    from . import _emd_jit
-
-    return _emd_jit
-
-
-def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
-    return jit_getattr(__package__, "_emd_jit", __name__, attr)
+# the @triton.jit code, imported on first use (see kernels/_jit.py)
+_jit, __getattr__ = lazy_jit(__name__, "_emd_jit")

@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from ._jit import cdiv, jit_getattr, triton_available
+from ._jit import cdiv, lazy_jit, triton_available
 
 __all__ = [
     "grad_projection",
@@ -196,12 +196,5 @@ def grad_projection(x: torch.Tensor, g: torch.Tensor, p: torch.Tensor, bias: boo
     return _grad_projection_op(x, g, p, bias)
 
 
-def _jit():
-    """The Triton kernels of this module (`_grad_projection_jit`), imported on first use."""
-    from . import _grad_projection_jit
-
-    return _grad_projection_jit
-
-
-def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
-    return jit_getattr(__package__, "_grad_projection_jit", __name__, attr)
+# the @triton.jit code, imported on first use (see kernels/_jit.py)
+_jit, __getattr__ = lazy_jit(__name__, "_grad_projection_jit")

@@ -28,7 +28,7 @@ import threading
 import numpy as np
 import torch
 
-from ._jit import cdiv, jit_getattr, next_power_of_2, triton_available
+from ._jit import cdiv, lazy_jit, next_power_of_2, triton_available
 
 __all__ = [
     "PRECISIONS",
@@ -99,6 +99,12 @@ def _check(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bins: int) ->
     return bpc
 
 
+def images_per_chunk(per_image: int, images: int) -> int:
+    """How many images of ``per_image`` elements one CPU chunk of ``_CHUNK_ELEMENTS`` holds (1 to ``images``):
+    the CPU paths work a chunk at a time, since large fresh buffers cost more in page faults than the work."""
+    return max(1, min(int(images), _CHUNK_ELEMENTS // max(1, int(per_image))))
+
+
 _workspace = threading.local()
 
 
@@ -156,7 +162,7 @@ def reference_neuron_histogram(
     if P > 1 and C > 1 and bpc.stride(1) == 1:
         # Channel-major: each image is a contiguous [C, P] block.
         cbp = bpc.transpose(1, 2)
-        step = max(1, min(B, _CHUNK_ELEMENTS // (C * P)))
+        step = images_per_chunk(C * P, B)
         xbuf = _buffer("x", (step, C, P), work, device)
         ibuf = _buffer("i", (step, C, P), torch.int64, device)
         m, s, o = mean.view(C, 1), std.view(C, 1), offsets.view(C, 1)
@@ -289,12 +295,5 @@ def neuron_histogram(
     return out
 
 
-def _jit():
-    """The Triton kernels of this module (`_histogram_jit`), imported on first use."""
-    from . import _histogram_jit
-
-    return _histogram_jit
-
-
-def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
-    return jit_getattr(__package__, "_histogram_jit", __name__, attr)
+# the @triton.jit code, imported on first use (see kernels/_jit.py)
+_jit, __getattr__ = lazy_jit(__name__, "_histogram_jit")

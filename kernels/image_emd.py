@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ._jit import cdiv, jit_getattr, next_power_of_2, triton_available
+from ._jit import cdiv, lazy_jit, next_power_of_2, triton_available
 from .histogram import _check as _check_hist
 
 __all__ = ["per_image_emd", "reference_cdf", "reference_per_image_emd", "triton_per_image_emd"]
@@ -153,12 +153,5 @@ def per_image_emd(
     )
 
 
-def _jit():
-    """The Triton kernels of this module (`_image_emd_jit`), imported on first use."""
-    from . import _image_emd_jit
-
-    return _image_emd_jit
-
-
-def __getattr__(attr: str):  # ``triton`` and the kernels, loaded when first read (see kernels/_jit.py)
-    return jit_getattr(__package__, "_image_emd_jit", __name__, attr)
+# the @triton.jit code, imported on first use (see kernels/_jit.py)
+_jit, __getattr__ = lazy_jit(__name__, "_image_emd_jit")

@@ -182,7 +182,7 @@ class NeuronPool(Part):
     def _histograms(self, feats, rows: list) -> torch.Tensor:
         """Each image's own per-neuron histograms, int64 [len(rows), neurons, bins], in one kernel call
         per layer: the images' channels become the channels of one image (the same binning, op by op)."""
-        from neuroprint.kernels.histogram import _CHUNK_ELEMENTS, neuron_histogram
+        from neuroprint.kernels.histogram import images_per_chunk, neuron_histogram
 
         out = []
         for k in self._layers:
@@ -193,7 +193,7 @@ class NeuronPool(Part):
             mean, std = self._params[k]
             # On the CPU, groups of images of about one chunk of the reference path (a call is one chunk:
             # its images are one image's channels, and larger float64 buffers cost page faults and cache)
-            g = b if x.is_cuda else max(1, _CHUNK_ELEMENTS // max(1, c * p))
+            g = b if x.is_cuda else images_per_chunk(c * p, b)
             parts = []
             for s0 in range(0, b, g):
                 xs = x[s0 : s0 + g]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuroprint.kernels.histogram import _CHUNK_ELEMENTS, PRECISIONS, neuron_histogram, norm_params
+from neuroprint.kernels.histogram import PRECISIONS, images_per_chunk, neuron_histogram, norm_params
 
 from .._errors import IncompatibleVDNAError
 from .ranges import Ranges
@@ -161,9 +161,9 @@ def _image_means_f64(x: torch.Tensor) -> torch.Tensor:
     within one histogram chunk: a whole-batch copy (205 MB for resnet18's first stage at batch 32) costs
     ten times the arithmetic in page faults."""
     b, p, c = x.shape
-    if x.is_cuda or b * p * c <= _CHUNK_ELEMENTS:
+    step = b if x.is_cuda else images_per_chunk(p * c, b)
+    if step >= b:
         return x.to(torch.float64).mean(dim=1)
-    step = max(1, _CHUNK_ELEMENTS // max(1, p * c))
     return torch.cat([x[i : i + step].to(torch.float64).mean(dim=1) for i in range(0, b, step)])
 
 
