@@ -165,9 +165,9 @@ print("RESULT " + json.dumps(dict(
 """
 
 
-def run_child(kw: dict) -> dict:
+def run_child(kw: dict, env: dict | None = None) -> dict:
     code = _CHILD.format(bench=str(HERE), kw=json.dumps(kw))
-    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
+    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
@@ -270,10 +270,14 @@ def section_ray(args, work: Path, rows: list) -> None:
         )
         print("|---|---|---|---|")
         parts, trees = [], {}
-        for runner, how in (("local", {}), ("ray, 2 actors", {"ray": True, "num_actors": 2})):
-            out = work / f"ray-{kind}-{runner[:3]}-{n}"
+        on_ray = {"ray": True, "num_actors": 2}
+        # Ray's default head (ray.init's: with the autoscaler monitor and the log monitor) for comparison
+        runners = [("local", {}, None), ("ray, 2 actors", on_ray, None)]
+        runners += [("ray, 2 actors, Ray's default head", on_ray, {"NEUROPRINT_RAY_HEAD": "default"})]
+        for runner, how, env in runners:
+            out = work / f"ray-{kind}-{len(parts)}-{n}"
             shutil.rmtree(out, ignore_errors=True)
-            got = run_child(job_kwargs(kind, folder, out, cap, args.shard_size, **extra, **how))
+            got = run_child(job_kwargs(kind, folder, out, cap, args.shard_size, **extra, **how), env)
             rows.append(dict(section="ray", job=kind, runner=runner, items=n, **got))
             print(
                 f"| {runner} | {got['wall_s']:.1f} | {got['driver_peak_rss_mb']:.0f} | {got['tree_peak_rss_mb']:.0f} |",
@@ -284,15 +288,14 @@ def section_ray(args, work: Path, rows: list) -> None:
             shutil.rmtree(out, ignore_errors=True)
         print("\nRSS at the peak, per process (MiB): " + "; ".join(
             f"{runner}: " + ", ".join(f"{k} {v}" for k, v in split.items()) for runner, split in parts))  # fmt: skip
-        actors = [
-            v for k, v in trees["ray, 2 actors"]["tree_at_peak_mb"].items() if k.startswith("ray::Worker")
-        ]
-        if actors:
-            local, ray_tree = trees["local"]["tree_peak_rss_mb"], trees["ray, 2 actors"]["tree_peak_rss_mb"]
-            print(
-                f"Ray tree / (local tree + the actors' own RSS {sum(actors):.0f}) = {ray_tree:.0f} / "
-                f"{local + sum(actors):.0f} = {ray_tree / (local + sum(actors)):.3f}"
-            )
+        for runner in ("ray, 2 actors", "ray, 2 actors, Ray's default head"):
+            actors = [v for k, v in trees[runner]["tree_at_peak_mb"].items() if k.startswith("ray::Worker")]
+            if actors:
+                local, ray_tree = trees["local"]["tree_peak_rss_mb"], trees[runner]["tree_peak_rss_mb"]
+                print(
+                    f"{runner}: Ray tree / (local tree + the actors' own RSS {sum(actors):.0f}) = {ray_tree:.0f} / "
+                    f"{local + sum(actors):.0f} = {ray_tree / (local + sum(actors)):.3f}"
+                )
 
 
 def _vit_ranges(law: str, layers: dict, rng):

@@ -438,3 +438,50 @@ def test_global_truncated_flag_is_reported(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="neuroprint.io.decode"):
         decode_image(data[: len(data) // 2])
     assert "LOAD_TRUNCATED_IMAGES" in caplog.text
+
+
+def test_loader_segments_equal_one_loader_per_segment_and_read_ahead_crosses_them(mixed_source):
+    """A worker streams its shards through one loader: no batch crosses a segment, the batches equal one
+    loader per segment (good and failed items alike, ragged and empty segments), and the read-ahead
+    window runs on into the next segment while the consumer holds the last batch of one."""
+    recipe = Recipe(size=(16, 16), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop="random")
+    items = mixed_source.item_list()
+    cuts = [0, 5, 5, 12, len(items)]  # segments of 5, 0, 7 and the rest
+    segments = [items[a:b] for a, b in zip(cuts, cuts[1:])]
+    for workers in (0, 2):
+        streamed = ImageLoader(
+            mixed_source, recipe, batch_size=3, num_workers=workers, seed=4, segments=segments
+        )
+        assert len(streamed) == sum(-(-len(s) // 3) for s in segments)
+        got = list(streamed)
+        want = [
+            b
+            for s in segments
+            for b in ImageLoader(mixed_source, recipe, batch_size=3, num_workers=workers, seed=4, items=s)
+        ]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert [it.id for it in g.items] == [it.id for it in w.items]
+            assert [(it.id, r) for it, r in g.failures] == [(it.id, r) for it, r in w.failures]
+            assert torch.equal(g.pixels, w.pixels) and g.sizes == w.sizes
+    with pytest.raises(ValueError, match="items or segments"):
+        ImageLoader(mixed_source, recipe, batch_size=3, num_workers=0, items=segments[0], segments=segments)
+
+    class Counting(type(mixed_source)):
+        def read(self, item):
+            seen.add(item.id)
+            return super().read(item)
+
+    import time
+
+    seen: set = set()
+    src = mixed_source
+    src.__class__ = Counting  # the same source, its reads recorded
+    first, second = items[:6], items[6:]
+    it = iter(ImageLoader(src, recipe, batch_size=3, num_workers=2, prefetch=3, segments=[first, second]))
+    next(it), next(it)  # the first segment's two batches: the window has reached the second's first items
+    deadline = time.monotonic() + 10
+    while not seen & {x.id for x in second} and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen & {x.id for x in second}, "the read-ahead stopped at the end of the first segment"
+    it.close()

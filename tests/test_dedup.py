@@ -26,7 +26,13 @@ from neuroprint.dedup import (
     load_signatures,
     recall_at_k,
 )
-from neuroprint.dedup.hashes import hamming_pairs, image_hashes, pack_bits, popcount64
+from neuroprint.dedup.hashes import (
+    decoded_image_hashes,
+    hamming_pairs,
+    image_hashes,
+    pack_bits,
+    popcount64,
+)
 from neuroprint.kernels.cosine_topk import cosine_topk
 
 # ------------------------------------------------------------------------------------------------ images
@@ -102,6 +108,10 @@ def test_hashes_match_imagehash(dup_folder):
     except ImportError:
         pass
     ours = image_hashes(arrays)
+    # the jobs' per-image path (Pillow's own conversion and resizes) gives the batched path's bits
+    for i, a in enumerate(arrays):
+        one = decoded_image_hashes(a)
+        assert one == {"phash": ours["phash"][i].item(), "dhash": ours["dhash"][i].item()}, (i, a.shape)
     ref_p = [_signed(str(imagehash.phash(Image.fromarray(a)))) for a in arrays]
     ref_d = [_signed(str(imagehash.dhash(Image.fromarray(a)))) for a in arrays]
     agree_p = np.mean(np.asarray(ours["phash"].tolist()) == np.asarray(ref_p))
@@ -130,6 +140,27 @@ def test_hashes_do_not_depend_on_batch_padding():
     assert image_hashes([gray])["dhash"].item() == together["dhash"][1].item()
     with pytest.raises(ValueError, match="unknown hash"):
         image_hashes(imgs, ["ahash"])
+    # the per-image path: RGB, gray, one kind, tiny and one-pixel images, and its errors
+    tiny = [np.asarray(photo(3, 1, 1)), np.asarray(photo(4, 2, 7)), np.asarray(photo(5, 40, 3))]
+    for img in imgs + tiny:
+        want = image_hashes([img])
+        assert decoded_image_hashes(img) == {k: want[k].item() for k in ("phash", "dhash")}, img.shape
+    assert decoded_image_hashes(gray, ["dhash"]) == {"dhash": together["dhash"][1].item()}
+    # the jobs' split: Pillow's small images per image, the bits per batch (none: empty columns)
+    from neuroprint.dedup.hashes import hash_pixels, hashes_from_pixels
+
+    small = [hash_pixels(img) for img in imgs]
+    assert small[0]["phash"].shape == (32, 32) and small[0]["dhash"].shape == (8, 9)
+    batched = hashes_from_pixels(small, ("phash", "dhash"))
+    assert batched["phash"].tolist() == together["phash"].tolist()
+    assert batched["dhash"].tolist() == together["dhash"].tolist()
+    assert hashes_from_pixels([], ("dhash",))["dhash"].shape == (0,)
+    with pytest.raises(ValueError, match="unknown hash"):
+        decoded_image_hashes(imgs[0], ["ahash"])
+    with pytest.raises(ValueError, match="uint8"):
+        decoded_image_hashes(imgs[0].astype(np.float32))
+    with pytest.raises(ValueError, match="at least one pixel"):
+        decoded_image_hashes(np.zeros((0, 4, 3), np.uint8))
 
 
 def test_loader_hashes_in_decode_threads_and_drops_full_size_images(dup_folder):

@@ -211,3 +211,30 @@ def test_register_part_checks_its_class():
 
     with pytest.raises(ValueError, match="unknown needs"):
         register_part(BadNeeds)
+
+
+def test_a_worker_streaming_its_shards_equals_it_shard_by_shard(image_sets):
+    """The local runner streams its shards through one loader (the next shard decodes while one is
+    committed): each shard's rows, state and failure count equal the shard computed alone, bad files
+    included, whatever the shard boundaries do to the batches."""
+    import torch
+
+    from neuroprint.io.sources import open_source
+    from neuroprint.jobs.worker import ShardSpec, ShardWorker
+
+    src = open_source(image_sets["mixed"])
+    items = src.item_list()
+    cuts = [0, 3, 4, 9, len(items)]
+    shards = [(k, items[a:b]) for k, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+    part = Brightness(extra=0.5)
+    spec = ShardSpec(source=src.for_workers(), extractor=None, weights=None, layers=[], device="cpu",
+                     dtype=torch.float32, compile=False, seed=0, recipe=None, parts=[part], batch_size=2,
+                     num_workers=2)  # fmt: skip
+    worker = ShardWorker(spec)
+    alone = [worker.run(k, shard) for k, shard in shards]
+    streamed = list(worker.run_stream(shards))
+    assert [k for k, *_ in streamed] == [k for k, _ in shards]
+    assert sum(f for *_, f in streamed) > 0  # the set's bad files are failure rows in their shards
+    for (_, table, state, failed), (table1, state1, failed1) in zip(streamed, alone):
+        assert table.equals(table1) and failed == failed1
+        assert state.keys() == state1.keys() and all(np.array_equal(state[k], state1[k]) for k in state)

@@ -137,3 +137,40 @@ def test_a_bad_checkpoint_fails_a_ray_job_with_the_extractor_error_before_claimi
     with pytest.raises(WeightsError, match="cannot read weights file"):
         run_job(src, tmp_path / "out", DISTS, ranges=ranges, ray=True, num_actors=1, **{**KW, "weights": bad})
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_the_local_ray_head_runs_without_the_monitor_and_the_log_monitor():
+    """The Ray a job starts on one machine has no autoscaler monitor and no log monitor (two Python
+    daemons of about 80 MiB that such a job never uses), and every process it started ends with it."""
+    import os
+
+    import ray
+
+    from neuroprint.jobs.ray import ray_session
+
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is connected")
+
+    def ray_processes() -> dict:
+        out = {}
+        for pid in os.listdir("/proc"):
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if pid.isdigit() and "/ray/" in cmd and int(pid) != os.getpid():
+                out[int(pid)] = cmd
+        return out
+
+    before = ray_processes()
+    with ray_session() as r:
+        assert r.get(r.remote(lambda: 1 + 1).remote()) == 2
+        mine = {p: c for p, c in ray_processes().items() if p not in before}
+        assert any("gcs_server" in c for c in mine.values()) and any("raylet" in c for c in mine.values())
+        assert not [c for c in mine.values() if "monitor.py" in c], mine  # monitor.py and log_monitor.py
+    import time
+
+    deadline = time.monotonic() + 30
+    while set(ray_processes()) & set(mine) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(ray_processes()) & set(mine), "a Ray process outlived its session"

@@ -36,9 +36,12 @@ from .bits import hamming_distance, popcount64
 
 __all__ = [
     "HASH_BITS",
+    "decoded_image_hashes",
     "dhash",
     "hamming_distance",
     "hamming_pairs",
+    "hash_pixels",
+    "hashes_from_pixels",
     "image_hashes",
     "pack_bits",
     "phash",
@@ -298,6 +301,59 @@ def image_hashes(
             out["dhash"][where] = pack_bits(_dhash_bits(_resize_lanczos(padded, sizes, 9, 8)))
         start = stop
     return out
+
+
+_HASH_SIZES = {"phash": (32, 32), "dhash": (9, 8)}  # (width, height) of each hash's resized gray image
+
+
+def _check_methods(methods) -> None:
+    for m in methods:
+        if m not in _HASH_SIZES:
+            raise ValueError(f"unknown hash {m!r}; expected phash or dhash")
+
+
+def hash_pixels(img: np.ndarray, methods: Sequence[str] = ("phash", "dhash")) -> dict[str, np.ndarray]:
+    """{method: uint8 [h, w]}: the small grayscale image each hash is read from, for one decoded uint8
+    image (HxWx3 RGB or HxW gray), by Pillow itself: its ``convert("L")`` and LANCZOS ``resize`` (what the
+    batched `image_hashes` reproduces in torch). The per-image half of the jobs' hashes, run in the decode
+    threads: two calls into Pillow's C code, where torch would start an OpenMP team from every decoding
+    thread and take the GIL for each of its many small operations. `hashes_from_pixels` does the rest."""
+    from PIL import Image
+
+    _check_methods(methods)
+    if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[-1] == 3)):
+        raise ValueError(f"expected a uint8 HxWx3 or HxW array, got {getattr(img, 'dtype', type(img))} "
+                         f"{getattr(img, 'shape', '')}")  # fmt: skip
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"each image must have at least one pixel, got {tuple(img.shape)}")
+    gray = Image.fromarray(np.ascontiguousarray(img))
+    gray = gray.convert("L") if img.ndim == 3 else gray
+    return {m: np.asarray(gray.resize(_HASH_SIZES[m], Image.LANCZOS)) for m in methods}
+
+
+def hashes_from_pixels(
+    pixels: Sequence[dict[str, np.ndarray]], methods: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """{method: int64 [B]} from the `hash_pixels` of B images, the DCT and the bits for all of them at once
+    (the batched path's own `_phash_bits` / `_dhash_bits`): the same bits as `image_hashes`."""
+    _check_methods(methods)
+    out = {}
+    for m in methods:
+        w, h = _HASH_SIZES[m]
+        if not pixels:
+            out[m] = np.zeros(0, dtype=np.int64)
+            continue
+        px = torch.from_numpy(np.stack([p[m] for p in pixels]).astype(np.float64)).reshape(-1, h, w)
+        bits = _phash_bits(px) if m == "phash" else _dhash_bits(px)
+        out[m] = pack_bits(bits).numpy()
+    return out
+
+
+def decoded_image_hashes(img: np.ndarray, methods: Sequence[str] = ("phash", "dhash")) -> dict[str, int]:
+    """{method: int} of one decoded uint8 image (HxWx3 RGB or HxW gray) on the CPU, by `hash_pixels` and
+    `hashes_from_pixels`: the same bits as `image_hashes`."""
+    got = hashes_from_pixels([hash_pixels(img, methods)], methods)
+    return {m: int(got[m][0]) for m in methods}
 
 
 def phash(images, *, device=None) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 
 from .._errors import EmptySourceError, NeuroprintError
 from ..io.decode import Batch, ImageLoader
-from .hashes import image_hashes
+from .hashes import hash_pixels, hashes_from_pixels
 from .sharpness import sharpness as image_sharpness
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ class _SignatureLoader(ImageLoader):
 
     hash_kinds: hashes computed in the decode threads, image by image, right after decoding, so a
     full-size image lives only until it is hashed (memory is bounded by the threads, not by the batch
-    size times the largest images). They equal the batched ``image_hashes`` bit for bit (its integer
-    arithmetic is exact per image). ``batch.hashes`` maps each kind to int64 [len(batch.items)].
+    size times the largest images): Pillow's small gray images there (`hash_pixels`), the bits for the
+    whole batch in ``_collate`` (`hashes_from_pixels`), the batched ``image_hashes``'s bits. ``batch.hashes`` maps each kind to int64 [len(batch.items)].
     sharpness: also each image's `neuroprint.dedup.sharpness.sharpness` (how native its resolution looks),
     in ``batch.sharpness`` (float32 [len(batch.items)]).
     """
@@ -92,14 +92,13 @@ class _SignatureLoader(ImageLoader):
         pixels = super()._prepare(item, img) if self.need_pixels else None
         hashes = None
         if self.hash_kinds:
-            got = image_hashes([img], self.hash_kinds)
-            hashes = {k: int(got[k][0]) for k in self.hash_kinds}
+            hashes = hash_pixels(img, self.hash_kinds)  # the bits: per batch, in _collate
         sharp = image_sharpness(img) if self.sharpness else None
         return pixels, img if self.need_decoded else None, hashes, sharp
 
     def _collate(self, chunk, results) -> Batch:
         items, tensors, decoded, failures, sizes, sharp = [], [], [], [], [], []
-        hashes = {k: [] for k in self.hash_kinds}
+        small = []  # each item's hash_pixels
         for item, (got, info) in zip(chunk, results):
             if got is None:
                 failures.append((item, info))
@@ -107,14 +106,14 @@ class _SignatureLoader(ImageLoader):
             items.append(item)
             tensors.append(got[0])
             decoded.append(got[1])
-            for k in self.hash_kinds:
-                hashes[k].append(got[2][k])
+            if self.hash_kinds:
+                small.append(got[2])
             sharp.append(got[3])
             sizes.append(info)
         pixels = torch.stack(tensors) if self.need_pixels and tensors else torch.zeros(0)
         batch = Batch(items=items, pixels=pixels, failures=failures, sizes=sizes)
         batch.decoded = decoded
-        batch.hashes = {k: np.asarray(v, dtype=np.int64) for k, v in hashes.items()}
+        batch.hashes = hashes_from_pixels(small, self.hash_kinds) if self.hash_kinds else {}
         batch.sharpness = np.asarray(sharp, dtype=np.float32) if self.sharpness else None
         return batch
 

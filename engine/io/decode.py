@@ -22,6 +22,7 @@ with an orientation tag is fingerprinted sideways, exactly as vdna does.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import zlib
@@ -275,6 +276,11 @@ class ImageLoader:
     because PIL, numpy and torch release the GIL while decoding and resizing. Read-ahead is bounded to
     the current batch plus ``prefetch`` items (default: two batches). The output does not depend on ``num_workers`` or
     ``batch_size``: the random crop draws from a generator seeded by ``(seed, item id)``.
+
+    ``segments`` (instead of ``items``: a sequence of item sequences, e.g. a worker's next shards) are
+    read one after the other, no batch crossing from one into the next, and the read-ahead window runs
+    on into the next segment: the decode threads keep working while the consumer finishes a segment
+    (commits a shard). A segment's items are made only as the window reaches them.
     """
 
     def __init__(
@@ -289,6 +295,7 @@ class ImageLoader:
         pin_memory: bool = False,
         prefetch: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        segments: Sequence[Sequence[Item]] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -299,8 +306,14 @@ class ImageLoader:
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.seed = int(seed)
-        # ``items`` lets a runner load one shard of the source.
-        self.items = list(self.source) if items is None else list(items)
+        # ``items`` lets a runner load one shard of the source, ``segments`` several shards in a row.
+        if segments is not None:
+            if items is not None:
+                raise ValueError("give items or segments, not both")
+            self.items, self.segments = None, list(segments)
+        else:
+            self.items = list(self.source) if items is None else list(items)
+            self.segments = [self.items]
         # Pinned host memory needs an accelerator runtime; without one it only costs an error.
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
         self.prefetch = max(self.batch_size, int(prefetch) if prefetch else 2 * self.batch_size)
@@ -309,7 +322,13 @@ class ImageLoader:
         self.max_pixels = int(max_pixels)
 
     def __len__(self) -> int:
-        return -(-len(self.items) // self.batch_size)
+        return sum(-(-len(seg) // self.batch_size) for seg in self.segments)
+
+    def _batch_lengths(self) -> Iterator[int]:
+        bs = self.batch_size
+        for seg in self.segments:
+            n = len(seg)
+            yield from (min(bs, n - start) for start in range(0, n, bs))
 
     def _rng_for(self, item: Item) -> np.random.Generator:
         return np.random.default_rng([self.seed, zlib.crc32(item.id.encode("utf-8"))])
@@ -349,24 +368,27 @@ class ImageLoader:
         return Batch(items=ok_items, pixels=pixels, failures=failures, sizes=sizes)
 
     def __iter__(self) -> Iterator[Batch]:
-        items, bs = self.items, self.batch_size
+        feed = itertools.chain.from_iterable(self.segments)  # items in order, made as they are reached
         if self.num_workers == 0:
-            for start in range(0, len(items), bs):
-                chunk = items[start : start + bs]
+            for n in self._batch_lengths():
+                chunk = list(itertools.islice(feed, n))
                 yield self._collate(chunk, [self.load(it) for it in chunk])
             return
+        total = sum(len(seg) for seg in self.segments)
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="neuroprint-decode")
         try:
-            pending: deque[Future] = deque()
-            next_index = 0
-            for start in range(0, len(items), bs):
-                chunk = items[start : start + bs]
+            pending: deque[tuple[Item, Future]] = deque()
+            submitted = consumed = 0
+            for n in self._batch_lengths():
                 # Keep the window full: this batch plus up to ``prefetch`` items beyond it.
-                while next_index < min(len(items), start + len(chunk) + self.prefetch):
-                    pending.append(pool.submit(self.load, items[next_index]))
-                    next_index += 1
-                results = [pending.popleft().result() for _ in chunk]
-                yield self._collate(chunk, results)
+                for item in itertools.islice(
+                    feed, max(0, min(total, consumed + n + self.prefetch) - submitted)
+                ):
+                    pending.append((item, pool.submit(self.load, item)))
+                    submitted += 1
+                got = [pending.popleft() for _ in range(n)]
+                consumed += n
+                yield self._collate([item for item, _ in got], [fut.result() for _, fut in got])
         finally:
             # A consumer that stops early must not wait for the read-ahead to finish decoding.
             pool.shutdown(wait=True, cancel_futures=True)

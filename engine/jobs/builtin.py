@@ -353,11 +353,12 @@ class Hashes(Part):
         return (*self.kinds, "sharpness") if self.sharpness else self.kinds
 
     def per_image(self, img) -> dict:
-        from ..dedup.hashes import image_hashes
+        """In the decode threads: each hash's small gray image (Pillow) and the sharpness; the bits are
+        taken for the whole batch in `columns`."""
+        from ..dedup.hashes import hash_pixels
         from ..dedup.sharpness import sharpness
 
-        got = image_hashes([img], self.kinds)
-        out = {k: int(got[k][0]) for k in self.kinds}
+        out = {"pixels": hash_pixels(img, self.kinds)}
         if self.sharpness:
             out["sharpness"] = float(np.float32(sharpness(img)))
         return out
@@ -369,8 +370,14 @@ class Hashes(Part):
         )
 
     def columns(self, batch, feats) -> dict:
+        from ..dedup.hashes import hashes_from_pixels
+
         values = batch.per_image[self.name]
-        return {key: [v[key] for v in values] for key in self._keys()}
+        bits = hashes_from_pixels([v["pixels"] for v in values], self.kinds)
+        out = {k: bits[k].tolist() for k in self.kinds}
+        if self.sharpness:
+            out["sharpness"] = [v["sharpness"] for v in values]
+        return out
 
 
 @register_part

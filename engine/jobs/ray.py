@@ -47,24 +47,70 @@ def _require_ray():
     return ray
 
 
+def _start_lean_head():
+    """A local Ray head node without the autoscaler's monitor and the log monitor, or None where this Ray's
+    (private) node API is not the one this was written against (Ray 2.60), and the caller starts Ray's
+    default head instead.
+
+    A job on one machine uses neither: nothing autoscales, and its workers' logs stay in their files
+    (``log_to_driver=False``). They are two Python processes of about 80 MiB each (monitor.py and
+    log_monitor.py: 466 -> 306 MiB of Ray daemons with 2 actors). ``ray.init`` has no switch for them,
+    ``ray start --no-monitor --include-log-monitor=false`` does; this starts the head the way both do
+    (``ray._private.node.Node``), with ``ray.init``'s defaults otherwise: token authentication as for any
+    new local cluster, no usage statistics, no dashboard, and the node's processes dying with this one.
+    ``NEUROPRINT_RAY_HEAD=default`` asks for Ray's default head (``ray.init``'s) instead."""
+    if os.environ.get("NEUROPRINT_RAY_HEAD", "lean") == "default":
+        return None
+    try:
+        from ray._common.usage import usage_lib
+        from ray._private.authentication.authentication_token_setup import (
+            enable_token_auth_by_default,
+            ensure_token_if_auth_enabled,
+        )
+        from ray._private.node import Node
+        from ray._private.parameter import RayParams
+
+        params = RayParams(include_dashboard=False, include_log_monitor=False, no_monitor=True)
+    except (ImportError, TypeError) as err:
+        logger.info("starting Ray's default head (its node API differs here: %s)", err)
+        return None
+    enable_token_auth_by_default()
+    ensure_token_if_auth_enabled({}, create_token_if_missing=True)
+    usage_lib.set_usage_stats_enabled_via_env_var(False)
+    return Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None):
     """Yields the ray module, connected: to ``address`` (an existing cluster) or, when Ray is not yet
-    initialised, to a local instance started here and shut down on exit."""
+    initialised, to a local instance started here (`_start_lean_head`) and shut down on exit. Without
+    ``address``, ``RAY_ADDRESS`` names the cluster, as for ``ray.init()``."""
     ray = _require_ray()
-    started = False
+    started, node = False, None
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         else:
             # Actors inherit this process's environment (TORCHDYNAMO_DISABLE, TRITON_INTERPRET, caches).
-            ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+            node = _start_lean_head()
+            try:
+                if node is not None:
+                    ray.init(address=node.address, log_to_driver=False)
+                else:
+                    ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+            except BaseException:
+                if node is not None:
+                    node.kill_all_processes(check_alive=False, allow_graceful=False)
+                raise
         started = True
     try:
         yield ray
     finally:
         if started:
             ray.shutdown()
+        if node is not None:
+            node.kill_all_processes(check_alive=False, allow_graceful=True)
 
 
 def describe_on_ray(extractor: str, *, weights, layers, seed: int):

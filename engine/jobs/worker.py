@@ -6,6 +6,7 @@ backbone when the job has one, asks each part for its columns and, at the end, f
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -76,10 +77,23 @@ def resolve_decoder(decoder: str, dev: torch.device) -> str:
 
 
 def make_loader(
-    decoder, source, recipe, *, batch_size, num_workers, seed, dev, items=None, max_pixels=DEFAULT_MAX_PIXELS
+    decoder,
+    source,
+    recipe,
+    *,
+    batch_size,
+    num_workers,
+    seed,
+    dev,
+    items=None,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    segments=None,
 ):
-    """The job's decoder over ``items`` (default: the whole source), yielding ``Batch`` objects in order."""
+    """The job's decoder over ``items`` (default: the whole source), or over ``segments`` one after the
+    other (PIL only: `ImageLoader`), yielding ``Batch`` objects in order."""
     if decoder == "dali":
+        if segments is not None:
+            raise ValueError("the DALI loader reads one shard at a time (no segments)")
         from ..io.dali import DaliImageLoader
 
         device_id = None
@@ -104,6 +118,7 @@ def make_loader(
         items=items,
         pin_memory=dev.type == "cuda",
         max_pixels=max_pixels,
+        segments=segments,
     )
 
 
@@ -177,8 +192,14 @@ class ShardWorker:
             self._shared[key] = build()
         return self._shared[key]
 
-    def _loader(self, shard_items):
+    def _streams(self) -> bool:
+        """Whether several shards can go through one loader (the PIL loaders; DALI runs shard by shard)."""
+        return bool(self._per_image or self._decoded) or self.spec.decoder != "dali"
+
+    def _loader(self, shard_items=None, segments=None):
         spec = self.spec
+        if segments is not None:
+            shard_items = None
         if self._per_image or self._decoded:
             return PartsLoader(
                 spec.source,
@@ -190,6 +211,7 @@ class ShardWorker:
                 num_workers=spec.num_workers,
                 seed=spec.seed,
                 items=shard_items,
+                segments=segments,
                 pin_memory=self.dev.type == "cuda",
                 max_pixels=spec.max_pixels,
             )
@@ -205,6 +227,7 @@ class ShardWorker:
             seed=spec.seed,
             dev=self.dev,
             items=shard_items,
+            segments=segments,
             max_pixels=spec.max_pixels,
         )
         if spec.decoder == "dali":
@@ -212,6 +235,30 @@ class ShardWorker:
         return loader
 
     def run(self, k: int, shard_items, progress=None, failed_before: int = 0):
+        """(rows, state, failed) of shard ``k``."""
+        return self._shard(k, shard_items, self._loader(shard_items), progress, failed_before)
+
+    def run_stream(self, shards, progress=None, failed_before: int = 0):
+        """``(k, rows, state, failed)`` for each ``(k, items)`` of ``shards``, in order, the same as `run`
+        shard by shard. One loader reads them all (`ImageLoader` segments), so the next shard is decoded
+        while the caller commits the last one: the pipeline does not drain at every shard's end (DALI
+        goes shard by shard)."""
+        shards = list(shards)
+        if not self._streams():
+            for k, items in shards:
+                table, state, failed = self.run(k, items, progress, failed_before)
+                failed_before += failed
+                yield k, table, state, failed
+            return
+        batches = iter(self._loader(segments=[items for _, items in shards]))
+        bs = self.spec.batch_size
+        for k, items in shards:
+            own = itertools.islice(batches, -(-len(items) // bs))  # this shard's batches, none beyond
+            table, state, failed = self._shard(k, items, own, progress, failed_before)
+            failed_before += failed
+            yield k, table, state, failed
+
+    def _shard(self, k, shard_items, batches, progress, failed_before):
         import pyarrow as pa
 
         for part in self.parts:
@@ -219,8 +266,8 @@ class ShardWorker:
         rows = {name: [] for name in self.schema.names}
         extra = [n for n in self.schema.names if n not in BASE_FIELDS]
         failed = 0
-        with torch.inference_mode():
-            for batch in self._loader(shard_items):
+        with torch.inference_mode():  # entered per shard: a generator must not hold the mode across yields
+            for batch in batches:
                 if batch.items:
                     feats = None
                     if self.model is not None:
