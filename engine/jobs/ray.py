@@ -54,7 +54,7 @@ def _start_lean_head():
 
     A job on one machine uses neither: nothing autoscales, and its workers' logs stay in their files
     (``log_to_driver=False``). They are two Python processes of about 80 MiB each (monitor.py and
-    log_monitor.py: 466 -> 306 MiB of Ray daemons with 2 actors). ``ray.init`` has no switch for them,
+    log_monitor.py: 467 -> 309 MiB of Ray daemons in a 2-actor job). ``ray.init`` has no switch for them,
     ``ray start --no-monitor --include-log-monitor=false`` does; this starts the head the way both do
     (``ray._private.node.Node``), with ``ray.init``'s defaults otherwise: token authentication as for any
     new local cluster, no usage statistics, no dashboard, and the node's processes dying with this one.
