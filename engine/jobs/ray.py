@@ -77,7 +77,11 @@ def _start_lean_head():
     enable_token_auth_by_default()
     ensure_token_if_auth_enabled({}, create_token_if_missing=True)
     usage_lib.set_usage_stats_enabled_via_env_var(False)
-    return Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+    try:
+        return Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+    except TypeError as err:  # another signature: raised before any process starts
+        logger.info("starting Ray's default head (its node API differs here: %s)", err)
+        return None
 
 
 @contextlib.contextmanager
