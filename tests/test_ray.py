@@ -174,3 +174,11 @@ def test_the_local_ray_head_runs_without_the_monitor_and_the_log_monitor():
     while set(ray_processes()) & set(mine) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not set(ray_processes()) & set(mine), "a Ray process outlived its session"
+
+
+def test_ray_default_head_on_request(monkeypatch):
+    """NEUROPRINT_RAY_HEAD=default leaves the start to ``ray.init`` (nothing is started here)."""
+    from neuroprint.jobs.ray import _start_lean_head
+
+    monkeypatch.setenv("NEUROPRINT_RAY_HEAD", "default")
+    assert _start_lean_head() is None
