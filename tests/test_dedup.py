@@ -27,7 +27,6 @@ from neuroprint.dedup import (
     recall_at_k,
 )
 from neuroprint.dedup.hashes import (
-    decoded_image_hashes,
     hamming_pairs,
     image_hashes,
     pack_bits,
@@ -83,6 +82,14 @@ def dup_folder(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ hashes
+
+
+def decoded_image_hashes(img, methods=("phash", "dhash")) -> dict:
+    """The jobs' per-image path for one image: Pillow's small images, then the bits."""
+    from neuroprint.dedup.hashes import hash_pixels, hashes_from_pixels
+
+    got = hashes_from_pixels([hash_pixels(img, methods)], methods)
+    return {m: int(got[m][0]) for m in methods}
 
 
 def _signed(hexstr: str) -> int:

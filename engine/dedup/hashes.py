@@ -36,7 +36,6 @@ from .bits import hamming_distance, popcount64
 
 __all__ = [
     "HASH_BITS",
-    "decoded_image_hashes",
     "dhash",
     "hamming_distance",
     "hamming_pairs",
@@ -256,6 +255,15 @@ def _as_gray_list(images, device) -> list[torch.Tensor]:
     return out
 
 
+_HASH_SIZES = {"phash": (32, 32), "dhash": (9, 8)}  # (width, height) of each hash's resized gray image
+
+
+def _check_methods(methods) -> None:
+    for m in methods:
+        if m not in _HASH_SIZES:
+            raise ValueError(f"unknown hash {m!r}; expected phash or dhash")
+
+
 def image_hashes(
     images, methods: Sequence[str] = ("phash", "dhash"), *, device: str | torch.device | None = None
 ) -> dict[str, torch.Tensor]:
@@ -264,9 +272,7 @@ def image_hashes(
     Images of different sizes are processed together: sorted by size and padded into chunks of at most
     ``_CHUNK_PIXELS`` pixels, with per-image resampling weights that ignore the padding.
     """
-    for m in methods:
-        if m not in ("phash", "dhash"):
-            raise ValueError(f"unknown hash {m!r}; expected phash or dhash")
+    _check_methods(methods)
     dev = torch.device(device) if device is not None else None
     grays = _as_gray_list(images, dev if dev is not None else "cpu")
     n = len(grays)
@@ -301,15 +307,6 @@ def image_hashes(
             out["dhash"][where] = pack_bits(_dhash_bits(_resize_lanczos(padded, sizes, 9, 8)))
         start = stop
     return out
-
-
-_HASH_SIZES = {"phash": (32, 32), "dhash": (9, 8)}  # (width, height) of each hash's resized gray image
-
-
-def _check_methods(methods) -> None:
-    for m in methods:
-        if m not in _HASH_SIZES:
-            raise ValueError(f"unknown hash {m!r}; expected phash or dhash")
 
 
 def hash_pixels(img: np.ndarray, methods: Sequence[str] = ("phash", "dhash")) -> dict[str, np.ndarray]:
@@ -347,13 +344,6 @@ def hashes_from_pixels(
         bits = _phash_bits(px) if m == "phash" else _dhash_bits(px)
         out[m] = pack_bits(bits).numpy()
     return out
-
-
-def decoded_image_hashes(img: np.ndarray, methods: Sequence[str] = ("phash", "dhash")) -> dict[str, int]:
-    """{method: int} of one decoded uint8 image (HxWx3 RGB or HxW gray) on the CPU, by `hash_pixels` and
-    `hashes_from_pixels`: the same bits as `image_hashes`."""
-    got = hashes_from_pixels([hash_pixels(img, methods)], methods)
-    return {m: int(got[m][0]) for m in methods}
 
 
 def phash(images, *, device=None) -> torch.Tensor:

@@ -349,9 +349,6 @@ class Hashes(Part):
     def request(self):
         return self.settings()
 
-    def _keys(self) -> tuple:
-        return (*self.kinds, "sharpness") if self.sharpness else self.kinds
-
     def per_image(self, img) -> dict:
         """In the decode threads: each hash's small gray image (Pillow) and the sharpness; the bits are
         taken for the whole batch in `columns`."""

@@ -71,15 +71,12 @@ def _start_lean_head():
         from ray._private.parameter import RayParams
 
         params = RayParams(include_dashboard=False, include_log_monitor=False, no_monitor=True)
-    except (ImportError, TypeError) as err:
-        logger.info("starting Ray's default head (its node API differs here: %s)", err)
-        return None
-    enable_token_auth_by_default()
-    ensure_token_if_auth_enabled({}, create_token_if_missing=True)
-    usage_lib.set_usage_stats_enabled_via_env_var(False)
-    try:
+        enable_token_auth_by_default()
+        ensure_token_if_auth_enabled({}, create_token_if_missing=True)
+        usage_lib.set_usage_stats_enabled_via_env_var(False)
+        # another signature raises TypeError before any process starts
         return Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
-    except TypeError as err:  # another signature: raised before any process starts
+    except (ImportError, TypeError) as err:
         logger.info("starting Ray's default head (its node API differs here: %s)", err)
         return None
 

@@ -198,8 +198,6 @@ class ShardWorker:
 
     def _loader(self, shard_items=None, segments=None):
         spec = self.spec
-        if segments is not None:
-            shard_items = None
         if self._per_image or self._decoded:
             return PartsLoader(
                 spec.source,
