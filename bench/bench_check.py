@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=500)
     ap.add_argument("--bins", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-null", action="store_true", help="skip part 2 (the null by pool size)")
     args = ap.parse_args()
     from neuroprint.check import build_reference, check
     from neuroprint.check.drift import drift_statistics
@@ -100,6 +101,8 @@ def main() -> None:
             f"  of which the pass {c - a:.2f} s (pass / profile = {(c - a) / p:.3f}, extra "
             f"{100 * ((c - a) / p - 1):.1f}%) and the analysis + report {a:.2f} s (a fixed cost per night)"
         )
+        if args.no_null:
+            return
         # the null alone, by pool size, at the extractor's neuron counts
         import json
 

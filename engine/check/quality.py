@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from ..jobs.parts import Part, register_part
+from ..kernels.pixel_stats import pixel_stats
 
 __all__ = ["FLAGS", "QUALITY_COLUMNS", "Quality", "flag_images", "quality_stats", "thresholds_from"]
 
@@ -69,6 +70,7 @@ _SAT = (
     .astype(np.float32)
     .ravel()
 )
+_TABLES = {"sq_rg": _SQ_RG, "sq_b": _SQ["b"], "sat": _SAT}
 
 
 def _moments(counts: np.ndarray, offset: int) -> tuple[float, float]:
@@ -82,45 +84,33 @@ def _moments(counts: np.ndarray, offset: int) -> tuple[float, float]:
 def quality_stats(img: np.ndarray) -> dict:
     """The statistics above of one uint8 RGB image [H, W, 3], at its full resolution.
 
-    Integer arithmetic and histograms wherever a statistic allows it (a few milliseconds for a
-    640x480 image): the luma is the 8-bit ITU-R 601 luma (77 R + 150 G + 29 B + 128) >> 8, on which the
-    contrast, entropy, clipping and Laplacian are computed, as OpenCV users compute them on a grayscale image.
+    One compiled pass over the pixels (`neuroprint.kernels.pixel_stats`: histograms and sums, about a
+    millisecond for a 640x480 image), then the moments of the histograms: the luma is the 8-bit ITU-R 601
+    luma (77 R + 150 G + 29 B + 128) >> 8, on which the contrast, entropy, clipping and Laplacian are
+    computed, as OpenCV users compute them on a grayscale image.
     """
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"quality statistics need a uint8 RGB image [H, W, 3], got {img.dtype} {img.shape}")
     h, w = img.shape[:2]
-    r, g, b = img[..., 0], img[..., 1], img[..., 2]
     px = h * w
-    # uint16 throughout: 77 R + 150 G + 29 B + 128 <= 65408, and the offsets keep every difference >= 0;
-    # lookups by take (a fraction of fancy indexing's cost)
-    r16, g16, b16 = r.astype(np.uint16), g.astype(np.uint16), b.astype(np.uint16)
-    bright = np.sqrt(_SQ_RG.take((r16 << 8) | g16) + _SQ["b"].take(b))
-    luma = ((77 * r16 + 150 * g16 + 29 * b16 + 128) >> 8).astype(np.uint8)
-    counts = np.bincount(luma.ravel(), minlength=256).astype(np.float64)
+    s = pixel_stats(img, _TABLES)
+    counts = s["luma_hist"].astype(np.float64)
     mean_l, var_l = _moments(counts, 0)
-    m_rg, v_rg = _moments(np.bincount((r16 + 255 - g16).ravel(), minlength=511), 255)
-    m_yb2, v_yb2 = _moments(np.bincount((r16 + g16 + 510 - 2 * b16).ravel(), minlength=1021), 510)
+    m_rg, v_rg = _moments(s["rg_hist"], 255)
+    m_yb2, v_yb2 = _moments(s["yb_hist"], 510)
     m_yb, v_yb = m_yb2 / 2, v_yb2 / 4  # yb = (R + G) / 2 - B
     colourful = math.sqrt(v_rg + v_yb) + 0.3 * math.hypot(m_rg, m_yb)
-    hi, lo = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-    spread = hi - lo
-    sat = _SAT.take((hi.astype(np.uint16) << 8) | lo)
-    if h >= 3 and w >= 3:
-        l16 = luma.astype(np.int16)
-        lap = 4 * l16[1:-1, 1:-1] - l16[:-2, 1:-1] - l16[2:, 1:-1] - l16[1:-1, :-2] - l16[1:-1, 2:]
-        lap_var = _moments(np.bincount((lap + 1020).ravel(), minlength=2041), 1020)[1]
-    else:
-        lap_var = 0.0
+    lap_var = _moments(s["lap_hist"], 1020)[1] if h >= 3 and w >= 3 else 0.0
     p = counts[counts > 0] / px
     return {
-        "brightness": float(bright.mean(dtype=np.float64)) / 255.0,
+        "brightness": s["bright_sum"] / px / 255.0,
         "contrast": math.sqrt(var_l) / 255.0,
         "colourfulness": colourful / 255.0,
-        "saturation": float(sat.mean(dtype=np.float64)),
+        "saturation": s["sat_sum"] / px,
         "laplacian_var": lap_var,
         "entropy": float(-(p * np.log2(p)).sum()),
         "aspect_ratio": w / h,
-        "grayscale": bool(spread.mean(dtype=np.float64) < 2.0),
+        "grayscale": bool(s["spread_sum"] / px < 2.0),
         "dark_clip": float(counts[:6].sum()) / px,
         "light_clip": float(counts[250:].sum()) / px,
     }
