@@ -46,7 +46,7 @@ def compiled() -> bool:
     return _ext is not None
 
 
-def _check(img, tables) -> np.ndarray:
+def _check(img, tables) -> None:
     if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3):
         raise ValueError(
             f"pixel statistics need a uint8 RGB image [H, W, 3], got {getattr(img, 'dtype', type(img))} "
@@ -56,7 +56,6 @@ def _check(img, tables) -> np.ndarray:
         t = tables[name]
         if not (isinstance(t, np.ndarray) and t.dtype == np.float32 and t.shape == (size,)):
             raise ValueError(f"table {name} must be float32 [{size}]")
-    return img
 
 
 def reference_pixel_stats(img: np.ndarray, tables: dict) -> dict:

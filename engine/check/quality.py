@@ -89,11 +89,9 @@ def quality_stats(img: np.ndarray) -> dict:
     luma (77 R + 150 G + 29 B + 128) >> 8, on which the contrast, entropy, clipping and Laplacian are
     computed, as OpenCV users compute them on a grayscale image.
     """
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"quality statistics need a uint8 RGB image [H, W, 3], got {img.dtype} {img.shape}")
+    s = pixel_stats(img, _TABLES)  # checks that img is a uint8 RGB image [H, W, 3]
     h, w = img.shape[:2]
     px = h * w
-    s = pixel_stats(img, _TABLES)
     counts = s["luma_hist"].astype(np.float64)
     mean_l, var_l = _moments(counts, 0)
     m_rg, v_rg = _moments(s["rg_hist"], 255)
