@@ -175,12 +175,13 @@ def run_child(kw: dict, env: dict | None = None) -> dict:
     return json.loads(line[0][7:])
 
 
-def fresh_resume_s(kw: dict) -> float:
-    """Wall time of a new process asking for the finished job again (interpreter start, imports and the
-    check of the manifest: what ``neuroprint profile --resume`` costs)."""
+def fresh_resume_s(kw: dict) -> tuple[float, bool]:
+    """(wall time, whether torch was imported) of a new process asking ``run_job`` for the finished job
+    again: interpreter start, imports, the call's digest and the check of the manifest."""
     code = (
         "import json, sys; from neuroprint.jobs import run_job; "
-        "r = run_job(**json.loads(sys.argv[1])); assert r.reused, 'the job ran again'"
+        "r = run_job(**json.loads(sys.argv[1])); assert r.reused, 'the job ran again'; "
+        "print('TORCH', 'torch' in sys.modules)"
     )
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
     t = time.perf_counter()
@@ -189,7 +190,7 @@ def fresh_resume_s(kw: dict) -> float:
     wall = time.perf_counter() - t
     if proc.returncode:
         raise RuntimeError(f"the fresh resume failed: {proc.stderr[-2000:]}")
-    return wall
+    return wall, "TORCH True" in proc.stdout
 
 
 def cli_resume_s(out: Path) -> float:
@@ -236,7 +237,7 @@ def section_jobs(args, work: Path, rows: list) -> None:
             extra = {"ranges": args.vdna_ranges} if kind == "vdna" and args.vdna_ranges else {}
             kw = job_kwargs(kind, folder, out, cap, args.shard_size, **extra)
             got = run_child(kw)
-            fresh = fresh_resume_s(kw) if got["complete"] else None
+            fresh, fresh_torch = fresh_resume_s(kw) if got["complete"] else (None, None)
             cli = cli_resume_s(out) if got["complete"] else None
             done = got["processed"] + got["failed"]
             ran = (
@@ -245,12 +246,13 @@ def section_jobs(args, work: Path, rows: list) -> None:
                 else got["shards_run"] * args.shard_size
             )
             rate = ran / got["wall_s"]
-            row = dict(section="jobs", job=kind, items=n, fresh_resume_s=fresh, cli_resume_s=cli,
+            row = dict(section="jobs", job=kind, items=n, fresh_resume_s=fresh, fresh_resume_torch=fresh_torch,
+                       cli_resume_s=cli,
                        images_per_s=rate, **got)  # fmt: skip
             rows.append(row)
             res_ip = f"{got['resume_in_process_s']:.3f}" if got["resume_in_process_s"] is not None else "-"
             print(f"| {kind} | {n} | {got['shards_run']} of {got['shards_total']} | {got['wall_s']:.1f} | {rate:.0f} | "
-                  f"{got['driver_peak_rss_mb']:.0f} | {res_ip} | {'-' if fresh is None else f'{fresh:.2f}'} | "
+                  f"{got['driver_peak_rss_mb']:.0f} | {res_ip} | {'-' if fresh is None else f'{fresh:.2f}' + (' (torch)' if fresh_torch else ' (no torch)')} | "
                   f"{'-' if cli is None else f'{cli:.2f}'} |", flush=True)  # fmt: skip
             if not args.keep:
                 shutil.rmtree(out, ignore_errors=True)

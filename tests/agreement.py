@@ -22,6 +22,8 @@ above these bounds, so the tolerances still catch real errors.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
@@ -96,7 +98,7 @@ def _assert_counts(x: torch.Tensor, y: torch.Tensor, level: str, ranges, layer: 
 
 def assert_vdnas_agree(a, b, level: str) -> None:
     """Two VDNAs (or two {name: VDNA} dicts) agree at `level` (see the module docstring)."""
-    if isinstance(a, dict):
+    if isinstance(a, Mapping):
         assert sorted(a) == sorted(b)
         for name in a:
             assert_vdnas_agree(a[name], b[name], level)

@@ -292,6 +292,96 @@ def test_cli_profile_reports_a_complete_job(folder, tiny_ranges, tmp_path, capsy
         os.utime(ranges_json, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def test_a_new_process_asking_run_job_for_a_complete_job_answers_without_torch(
+    folder, tiny_ranges, tmp_path, monkeypatch
+):
+    out = tmp_path / "job"
+    first = run_job(folder, out, DISTS, ranges=tiny_ranges, shard_size=4, **KW)
+    call = json.loads((out / "call.json").read_text())
+    assert call["request_sha256"] == read_manifest(out)["request_sha256"]
+    args = dict(
+        source=str(folder),
+        out_dir=str(out),
+        distributions=DISTS,
+        ranges=str(tiny_ranges),
+        shard_size=4,
+        **{**KW, "batch_size": 5, "num_workers": 2},
+    )  # runtime options may differ
+    code = (
+        "import json, sys; from neuroprint.jobs import run_job; "
+        f"res = run_job(**json.loads({json.dumps(args)!r})); "
+        "before = 'torch' in sys.modules; h = res.vdnas['histogram-40']; "
+        "print(json.dumps([before, res.reused, res.shards_run, res.shards_total, res.images_in, res.processed, "
+        "res.failed, sorted(res.vdnas), h.num_images, 'torch' in sys.modules]))"
+    )  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got[0] is False, "run_job imported torch to answer a complete job"
+    assert got[1:] == [True, 0, first.shards_total, first.images_in, first.processed, first.failed,
+                       sorted(first.vdnas), first.processed, True]  # fmt: skip
+    # without call.json the job's own request digest answers (without listing) and records the call again
+    (out / "call.json").unlink()
+    with monkeypatch.context() as mp:
+        mp.setattr("neuroprint.io.sources.FolderSource.__init__", lambda *a, **k: pytest.fail("listed"))
+        slow = run_job(folder, out, DISTS, ranges=tiny_ranges, shard_size=4, **KW)
+    assert slow.reused and json.loads((out / "call.json").read_text()) == call
+    # in process too, the recorded call answers before the job is built
+    monkeypatch.setattr(Job, "run", lambda self: pytest.fail("the job was built"))
+    again = run_job(folder, out, DISTS, ranges=tiny_ranges, shard_size=4, **KW)
+    assert again.reused
+    assert_vdnas_agree(first.vdnas, again.vdnas, LEVEL_FLOAT32_FILE)
+
+
+def test_the_recorded_call_answers_only_the_same_call_of_the_same_unchanged_job(
+    folder, tiny_ranges, tmp_path
+):
+    from neuroprint.jobs.build import _call_digest, _reuse
+
+    base = dict(source=str(folder), distributions=DISTS, extractor=TINY, weights="random", layers=None,
+                ranges=str(tiny_ranges), embeddings=False, shard_size=4, dtype="float32", seed=0,
+                crop="none", resize_mode=None, references=None, decoder="auto", hashes=(), fungi=None,
+                max_pixels=100_000_000, parts=(), histogram_precision="fp64")  # fmt: skip
+    out = tmp_path / "job"
+
+    def digest(**change):
+        return _call_digest({**base, "out_dir": out, **change})
+
+    d0 = digest()
+    assert d0 is not None and digest(dtype=torch.float32) == d0 and digest(source=folder) == d0
+    for change in (dict(seed=1), dict(shard_size=5), dict(dtype="bfloat16"), dict(distributions=DISTS[:1]),
+                   dict(hashes=("dhash",)), dict(max_pixels=0), dict(ranges="auto")):  # fmt: skip
+        assert digest(**change) not in (None, d0), change
+    # what cannot be identified without importing it gives no digest: the job takes the full way
+    assert digest(parts=("brightness",)) is None and digest(source=open_source(folder)) is None
+    assert digest(references={"ref": object()}) is None and digest(source=str(tmp_path / "missing")) is None
+    run_job(folder, out, DISTS, ranges=tiny_ranges, shard_size=4, **KW)
+    assert _reuse(out, d0) is not None and _reuse(out, digest(seed=1)) is None
+    # the ranges file touched, an image added, an output removed, a live lock, another request's manifest
+    ranges_json = Path(f"{tiny_ranges}.json")
+    st = ranges_json.stat()
+    os.utime(ranges_json, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    try:
+        assert digest() != d0 and _reuse(out, d0) is None  # the manifest's request stamps it too
+    finally:
+        os.utime(ranges_json, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _reuse(out, digest()) is not None
+    (out / "job.lock").write_text("{}")
+    assert _reuse(out, d0) is None
+    (out / "job.lock").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "request_sha256": "0" * 64}))
+    assert _reuse(out, d0) is None
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "gaussian.npz").rename(out / "gaussian.bak")
+    assert _reuse(out, d0) is None
+    (out / "gaussian.bak").rename(out / "gaussian.npz")
+    shutil.copy(next(folder.iterdir()), folder / "zz_new.png")
+    assert digest() != d0
+    with pytest.raises(JobError, match="item_ids_sha256"):  # the full way refuses the changed source
+        run_job(folder, out, DISTS, ranges=tiny_ranges, shard_size=4, **KW)
+
+
 def test_a_folder_stamp_sees_changes_anywhere_in_the_tree(tmp_path):
     from neuroprint._stamps import path_stamp, stamps_unchanged
 

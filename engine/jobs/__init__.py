@@ -2,34 +2,40 @@
 
 ``run_job(...)`` is the keyword API; `Job` takes a list of parts (`Part`: per-image columns and dataset
 reducers, registered with `register_part`), a backbone and the runner's options.
+
+Names are imported on first use (PEP 562): ``from neuroprint.jobs import run_job`` does not import torch,
+so that asking again for a complete job (`run_job` with the same arguments) answers from its directory
+in a new process without loading torch; torch is loaded when the job has work to do, or when one of the
+result's VDNAs is read.
 """
 
-from .build import run_job
-from .builtin import Distributions, Embedding, Fungi, Hashes, References
-from .job import MANIFEST, Backbone, Job, JobError, JobResult, read_manifest
-from .parts import PARTS, Part, get_part, register_part
-from .worker import DECODERS, ShardSpec, ShardWorker, make_loader, resolve_decoder
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "DECODERS",
-    "MANIFEST",
-    "read_manifest",
-    "PARTS",
-    "Backbone",
-    "Distributions",
-    "Embedding",
-    "Fungi",
-    "Hashes",
-    "Job",
-    "JobError",
-    "JobResult",
-    "Part",
-    "References",
-    "ShardSpec",
-    "ShardWorker",
-    "get_part",
-    "make_loader",
-    "register_part",
-    "resolve_decoder",
-    "run_job",
-]
+_LAZY = {
+    "DECODERS": "worker",
+    "MANIFEST": "result",
+    "read_manifest": "job",
+    "PARTS": "builtin",
+    "Backbone": "job",
+    "Distributions": "builtin",
+    "Embedding": "builtin",
+    "Fungi": "builtin",
+    "Hashes": "builtin",
+    "Job": "job",
+    "JobError": "result",
+    "JobResult": "result",
+    "Part": "parts",
+    "References": "builtin",
+    "SavedVDNAs": "result",
+    "ShardSpec": "worker",
+    "ShardWorker": "worker",
+    "get_part": "builtin",
+    "make_loader": "worker",
+    "register_part": "parts",
+    "resolve_decoder": "worker",
+    "run_job": "build",
+}
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
+
+__all__ = sorted(_LAZY)

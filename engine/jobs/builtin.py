@@ -17,7 +17,10 @@ import torch
 from .._errors import IncompatibleVDNAError
 from ..stats.ranges import Ranges
 from ..stats.reducers import ActivationRangesReducer, make_reducer, parse_distribution
-from .parts import Part, path_stamp, register_part
+
+# PARTS and get_part are read through this module by `neuroprint.jobs`, so that the built-in parts below
+# are registered whenever the registry is used
+from .parts import PARTS, Part, get_part, path_stamp, register_part  # noqa: F401
 
 __all__ = ["Distributions", "Embedding", "Fungi", "Hashes", "References"]
 

@@ -14,6 +14,8 @@ Output directory::
     partials/shard-00000.npz only for parts without a merged state (`Part.merged_state`): each shard's state
     <distribution>.json/.npz the dataset VDNAs
     failures.parquet         the items that could not be read, with their reasons
+    call.json                written by `run_job` when the job completes: the digest of its call and of the
+                             request it made, so that the same call answers in a new process without torch
     job.lock                 while a process runs the job: its pid, host and start time (neuroprint.jobs.lock)
 
 The driver folds each shard's state into the parts as the shard arrives and writes the merged state
@@ -46,37 +48,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._errors import NeuroprintError
 from ..io.decode import DEFAULT_MAX_PIXELS
+from . import builtin as _builtin  # noqa: F401 - registers the built-in parts (PARTS), whose settings a job records
 from .lock import LOCK_NAME, job_lock
 from .parts import PARTS, path_stamp, union_of_states
+from .result import MANIFEST, JobError, JobResult, SavedVDNAs
 from .worker import ShardSpec, ShardWorker, make_loader, resolve_decoder
 
 __all__ = ["Job", "JobError", "JobResult", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 SHARD_LOG = "shards.log"
 CHECKPOINT = "merged.npz"
 REQUEST_FORMAT = 1
-
-
-class JobError(NeuroprintError, RuntimeError):
-    """The output directory cannot be used for this job."""
-
-
-@dataclass
-class JobResult:
-    out_dir: Path
-    vdnas: dict  # distribution -> VDNA
-    images_in: int
-    processed: int
-    failed: int
-    shards_run: int  # shards computed by this call (the others were finished by an earlier run)
-    shards_total: int
-    complete: bool = True  # False: some shards are left for a later run (max_shards); no VDNAs yet
-    reused: bool = False  # True: the job was complete and unchanged; read from its directory, nothing run
 
 
 @dataclass
@@ -209,13 +194,12 @@ class Job:
         """The result of this complete job, read from its directory, when it was made from this very
         request and its outputs are all in place; else None (the job runs, resumes or is refused)."""
         from .._stamps import finished_manifest
-        from ..stats.vdna import load_vdna_from_files
 
         manifest = finished_manifest(self.out)
         if manifest is None or manifest.get("request_sha256") != request:
             return None
         summary = manifest["summary"]
-        vdnas = {n: load_vdna_from_files(self.out / n) for n in manifest["outputs"]}
+        vdnas = SavedVDNAs(self.out, manifest["outputs"])  # each read on first use
         logger.info("%s: the job is complete; nothing to do (rebuild=True recomputes the outputs)", self.out)
         shards = len(manifest["finished"])
         return JobResult(
