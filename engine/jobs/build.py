@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .._stamps import complete_job, path_stamp
 from ..io._limits import DEFAULT_MAX_PIXELS
-from .result import JobResult, SavedVDNAs
+from .result import JobResult, finished_result
 
 if TYPE_CHECKING:
     import torch
@@ -255,10 +255,8 @@ def _reuse(out_dir, call: str) -> JobResult | None:
     manifest = complete_job(out)
     if manifest is None or manifest.get("request_sha256") != recorded.get("request_sha256"):
         return None
-    s = manifest["summary"]
     logger.info("%s: the job is complete; nothing to do (rebuild=True recomputes the outputs)", out)
-    return JobResult(out, SavedVDNAs(out, manifest["outputs"]), s["images_in"], s["processed"], s["failed"],
-                     0, len(manifest["finished"]), True, True)  # fmt: skip
+    return finished_result(out, manifest)
 
 
 def _record_call(out_dir, call: str) -> None:

@@ -52,7 +52,7 @@ from ..io.decode import DEFAULT_MAX_PIXELS
 from . import builtin as _builtin  # noqa: F401 - registers the built-in parts (PARTS), whose settings a job records
 from .lock import LOCK_NAME, job_lock
 from .parts import PARTS, path_stamp, union_of_states
-from .result import MANIFEST, JobError, JobResult, SavedVDNAs
+from .result import MANIFEST, JobError, JobResult, finished_result
 from .worker import ShardSpec, ShardWorker, make_loader, resolve_decoder
 
 __all__ = ["Job", "JobError", "JobResult", "read_manifest"]
@@ -198,21 +198,8 @@ class Job:
         manifest = finished_manifest(self.out)
         if manifest is None or manifest.get("request_sha256") != request:
             return None
-        summary = manifest["summary"]
-        vdnas = SavedVDNAs(self.out, manifest["outputs"])  # each read on first use
         logger.info("%s: the job is complete; nothing to do (rebuild=True recomputes the outputs)", self.out)
-        shards = len(manifest["finished"])
-        return JobResult(
-            self.out,
-            vdnas,
-            summary["images_in"],
-            summary["processed"],
-            summary["failed"],
-            0,
-            shards,
-            True,
-            True,
-        )
+        return finished_result(self.out, manifest)
 
     def _open_backbone(self) -> None:
         from ..stats.profile import _default_workers, resolve_device

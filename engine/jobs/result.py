@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .._errors import NeuroprintError
 
-__all__ = ["MANIFEST", "JobError", "JobResult", "SavedVDNAs"]
+__all__ = ["MANIFEST", "JobError", "JobResult", "SavedVDNAs", "finished_result"]
 
 MANIFEST = "manifest.json"
 
@@ -56,3 +56,11 @@ class JobResult:
     shards_total: int
     complete: bool = True  # False: some shards are left for a later run (max_shards); no VDNAs yet
     reused: bool = False  # True: the job was complete and unchanged; read from its directory, nothing run
+
+
+def finished_result(out_dir: str | Path, manifest: dict) -> JobResult:
+    """The result of the complete job whose manifest is ``manifest``, read from ``out_dir`` (nothing run)."""
+    s = manifest["summary"]
+    out = Path(out_dir)
+    return JobResult(out, SavedVDNAs(out, manifest["outputs"]), s["images_in"], s["processed"], s["failed"],
+                     0, len(manifest["finished"]), True, True)  # fmt: skip
