@@ -6,7 +6,9 @@
 1. The same night (JPEG photos-like images of --size) through a plain job (histogram + layer-gaussian, the
    reference's ranges) and through `neuroprint.check.check` (the same VDNAs plus the quality statistics,
    hashes, per-image EMD and neuron means in the one pass, then the analysis and the report); both with
-   random weights of the same extractor, in this process, one after the other. Prints the ratio.
+   random weights of the same extractor, one after the other, each run in a new process (as a nightly
+   cron job runs: imports, the model's build and the allocator start from nothing each time; in this
+   process with ``--in-process``, as before 2026-12-07's sixth sitting). Prints the ratio of the best runs.
 2. The drift null (`drift_statistics`) for the extractor's neurons at pool sizes 64..512 and a fixed
    number of resamples. Its cost does not depend on how many shards or images the reference has: it
    reads the pool only (and the reference's merged VDNAs).
@@ -15,8 +17,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +41,44 @@ def _images(folder: Path, n: int, w: int, h: int, seed: int) -> None:
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
 
 
+def _timed(kind: str, root: Path, r: int, args, job: dict) -> dict:
+    """One timed run in this process: the plain job, or the check then the same check again (the pass is
+    skipped, the analysis and the report rerun)."""
+    from neuroprint.check import check
+    from neuroprint.jobs import run_job
+
+    if kind == "plain":
+        t0 = time.perf_counter()
+        run_job(
+            root / "night",
+            root / f"plain{r}",
+            [f"histogram-{args.bins}", "layer-gaussian"],
+            extractor=args.extractor,
+            weights="random",
+            ranges=root / "REF" / "ranges.json",
+            decoder="pil",
+            **job,
+        )
+        return {"plain": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    check(root / "night", root / "REF", root / f"check{r}", resamples=args.resamples, **job)
+    t1 = time.perf_counter()
+    check(root / "night", root / "REF", root / f"check{r}", resamples=args.resamples, **job)
+    return {"check": t1 - t0, "analysis": time.perf_counter() - t1}
+
+
+def _timed_in_child(kind: str, root: Path, r: int, args, job: dict) -> dict:
+    """`_timed` in a new Python process (the same options), as a nightly cron job runs."""
+    argv = [sys.executable, __file__, "--child", kind, str(root), str(r), "--extractor", args.extractor,
+            "--device", args.device, "--batch-size", str(args.batch_size), "--shard-size", str(args.shard_size),
+            "--resamples", str(args.resamples), "--bins", str(args.bins)]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        raise RuntimeError(f"the {kind} run failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return json.loads(line[0][7:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--extractor", default="timm:resnet18")
@@ -49,10 +92,18 @@ def main() -> None:
     ap.add_argument("--bins", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-null", action="store_true", help="skip part 2 (the null by pool size)")
+    ap.add_argument(
+        "--in-process", action="store_true", help="time the runs in this process (one after the other)"
+    )
+    ap.add_argument("--child", nargs=3, metavar=("KIND", "ROOT", "REPEAT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from neuroprint.check import build_reference, check
+    if args.child:
+        kind, root, r = args.child
+        job = dict(device=args.device, batch_size=args.batch_size, progress=False, shard_size=args.shard_size)
+        print("RESULT " + json.dumps(_timed(kind, Path(root), int(r), args, job)))
+        return
+    from neuroprint.check import build_reference
     from neuroprint.check.drift import drift_statistics
-    from neuroprint.jobs import run_job
 
     w, h = map(int, args.size.split("x"))
     root = Path(tempfile.mkdtemp(prefix="bench_check_"))
@@ -66,29 +117,16 @@ def main() -> None:
         )
         t_ref = time.perf_counter() - t0
         plain, full, analysis = [], [], []
+        run = _timed if args.in_process else _timed_in_child
         for r in range(args.repeats):  # alternate, so that warm-up and drift of the machine fall on both
-            t0 = time.perf_counter()
-            run_job(
-                root / "night",
-                root / f"plain{r}",
-                [f"histogram-{args.bins}", "layer-gaussian"],
-                extractor=args.extractor,
-                weights="random",
-                ranges=root / "REF" / "ranges.json",
-                decoder="pil",
-                **job,
-            )
-            plain.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            check(root / "night", root / "REF", root / f"check{r}", resamples=args.resamples, **job)
-            full.append(time.perf_counter() - t0)
-            # the same call on the finished directory: the pass is skipped, the analysis and report rerun
-            t0 = time.perf_counter()
-            check(root / "night", root / "REF", root / f"check{r}", resamples=args.resamples, **job)
-            analysis.append(time.perf_counter() - t0)
+            plain.append(run("plain", root, r, args, job)["plain"])
+            got = run("check", root, r, args, job)
+            full.append(got["check"])
+            analysis.append(got["analysis"])
         p, c, a = min(plain), min(full), min(analysis)
         print(
-            f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}"
+            f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}; "
+            f"runs {'in this process' if args.in_process else 'each in a new process'}, best of {args.repeats}"
         )
         print(f"reference build ({args.images} images, auto ranges pass included): {t_ref:.1f} s")
         print(
@@ -104,7 +142,6 @@ def main() -> None:
         if args.no_null:
             return
         # the null alone, by pool size, at the extractor's neuron counts
-        import json
 
         ref_meta = json.loads((root / "REF" / "reference.json").read_text())
         from neuroprint.check import Reference

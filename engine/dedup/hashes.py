@@ -311,11 +311,12 @@ def image_hashes(
 
 def hash_pixels(img: np.ndarray, methods: Sequence[str] = ("phash", "dhash")) -> dict[str, np.ndarray]:
     """{method: uint8 [h, w]}: the small grayscale image each hash is read from, for one decoded uint8
-    image (HxWx3 RGB or HxW gray), by Pillow itself: its ``convert("L")`` and LANCZOS ``resize`` (what the
-    batched `image_hashes` reproduces in torch). The per-image half of the jobs' hashes, run in the decode
-    threads: two calls into Pillow's C code, where torch would start an OpenMP team from every decoding
-    thread and take the GIL for each of its many small operations. `hashes_from_pixels` does the rest."""
-    from PIL import Image
+    image (HxWx3 RGB or HxW gray): Pillow's ``convert("L")`` and LANCZOS ``resize``, bit for bit (what
+    the batched `image_hashes` reproduces in torch). The per-image half of the jobs' hashes, run in the
+    decode threads by `neuroprint.kernels.gray_lanczos`: one C pass over the image for every method, where
+    torch would start an OpenMP team from every decoding thread and Pillow reads the image once per resize.
+    `hashes_from_pixels` does the rest."""
+    from ..kernels.gray_lanczos import gray_lanczos
 
     _check_methods(methods)
     if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[-1] == 3)):
@@ -323,9 +324,8 @@ def hash_pixels(img: np.ndarray, methods: Sequence[str] = ("phash", "dhash")) ->
                          f"{getattr(img, 'shape', '')}")  # fmt: skip
     if img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"each image must have at least one pixel, got {tuple(img.shape)}")
-    gray = Image.fromarray(np.ascontiguousarray(img))
-    gray = gray.convert("L") if img.ndim == 3 else gray
-    return {m: np.asarray(gray.resize(_HASH_SIZES[m], Image.LANCZOS)) for m in methods}
+    methods = list(methods)
+    return dict(zip(methods, gray_lanczos(img, [_HASH_SIZES[m] for m in methods])))
 
 
 def hashes_from_pixels(
