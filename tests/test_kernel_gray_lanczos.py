@@ -217,3 +217,56 @@ def test_fallbacks_say_so(monkeypatch, caplog):
     monkeypatch.undo()
     monkeypatch.setattr(gl, "_order_found", False)
     assert gl.pillow_order() is not None  # found again with the real Pillow
+
+
+_ASAN_SCRIPT = r"""
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+import _gray_lanczos as ext
+from PIL import Image
+rng = np.random.default_rng(0)
+bad = 0
+for it in range(300):
+    h, w = (int(v) for v in rng.integers(1, 90, 2))
+    img = rng.integers(0, 256, (h, w, 3) if it % 2 else (h, w), dtype=np.uint8)
+    sizes = [tuple(int(v) for v in rng.integers(1, 64, 2)) for _ in range(int(rng.integers(1, 5)))]
+    outs = tuple(np.empty((hh, ww), np.uint8) for ww, hh in sizes)
+    ext.gray_lanczos(img, outs, bool(it % 3))
+    if it % 3:
+        g = Image.fromarray(img)
+        g = g.convert("L") if img.ndim == 3 else g
+        bad += sum(not np.array_equal(o, np.asarray(g.resize(s, Image.LANCZOS))) for o, s in zip(outs, sizes))
+print("ASAN-DONE", bad)
+"""
+
+
+def test_memory_safety_under_address_sanitizer(tmp_path):
+    # the extension built with -fsanitize=address on random shapes (upscales, 1-pixel sides, 1-4 outputs):
+    # any out-of-bounds read or write aborts the child
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no gcc to build the sanitised extension")
+    libasan = subprocess.run(
+        [cc, "-print-file-name=libasan.so"], capture_output=True, text=True
+    ).stdout.strip()
+    if not libasan or not Path(libasan).exists():
+        pytest.skip("gcc has no libasan")
+    src = Path(__file__).resolve().parents[1] / "kernels" / "_gray_lanczos.c"
+    so = tmp_path / f"_gray_lanczos{sysconfig.get_config_var('EXT_SUFFIX')}"
+    build = subprocess.run(
+        [cc, "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-ffp-contract=off", "-fPIC", "-shared",
+         f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(so)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    env = {"ASAN_OPTIONS": "detect_leaks=0", "LD_PRELOAD": libasan, "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [sys.executable, "-c", _ASAN_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0 and "ASAN-DONE 0" in run.stdout, run.stderr[-3000:]
