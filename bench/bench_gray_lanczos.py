@@ -14,33 +14,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
+from _cpu_kernels import best_ms, photo, thread_rates
 
 from neuroprint.kernels import gray_lanczos as gl
 
 SIZES = [(32, 32), (9, 8)]
-
-
-def _photo(w: int, h: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (12, 16, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(base).resize((w, h), Image.BICUBIC)).astype(np.float32)
-    return np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-
-
-def best_ms(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        best = min(best, (time.perf_counter() - t) / repeats)
-    return best * 1e3
 
 
 def main() -> None:
@@ -57,22 +37,15 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}; Pillow {PIL.__version__}")
     for size in args.sizes.split(","):
         w, h = map(int, size.split("x"))
-        img = _photo(w, h, 0)
+        img = photo(w, h, 0)
         same = all(
             np.array_equal(a, b)
             for a, b in zip(gl.gray_lanczos(img, SIZES), gl.reference_gray_lanczos(img, SIZES))
         )
         ref = best_ms(lambda img=img: gl.reference_gray_lanczos(img, SIZES), args.repeats)
         ker = best_ms(lambda img=img: gl.gray_lanczos(img, SIZES), args.repeats)
-        imgs = [_photo(w, h, s) for s in range(8)]
-        rates = []
-        for threads in (1, 2):
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda a: gl.gray_lanczos(a, SIZES), imgs))
-                t = time.perf_counter()
-                for _ in range(max(1, args.repeats // 4)):
-                    list(pool.map(lambda a: gl.gray_lanczos(a, SIZES), imgs))
-                rates.append(len(imgs) * max(1, args.repeats // 4) / (time.perf_counter() - t))
+        imgs = [photo(w, h, s) for s in range(8)]
+        rates = thread_rates(lambda a: gl.gray_lanczos(a, SIZES), imgs, args.repeats)
         print(
             f"{w}x{h}: pillow {ref:.3f} ms, kernel {ker:.3f} ms (pillow / kernel = {ref / ker:.2f}x, same bits: "
             f"{same}); kernel images/s with 1 thread {rates[0]:.0f}, 2 threads {rates[1]:.0f} ({rates[1] / rates[0]:.2f}x)"

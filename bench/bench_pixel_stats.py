@@ -13,32 +13,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-from PIL import Image
+from _cpu_kernels import best_ms, photo, thread_rates
 
 from neuroprint.check.quality import _TABLES, quality_stats
 from neuroprint.kernels import pixel_stats as ps
-
-
-def _photo(w: int, h: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (12, 16, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(base).resize((w, h), Image.BICUBIC)).astype(np.float32)
-    return np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-
-
-def best_ms(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        best = min(best, (time.perf_counter() - t) / repeats)
-    return best * 1e3
 
 
 def main() -> None:
@@ -51,19 +30,12 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}")
     for size in args.sizes.split(","):
         w, h = map(int, size.split("x"))
-        img = _photo(w, h, 0)
+        img = photo(w, h, 0)
         ref = best_ms(lambda img=img: ps.reference_pixel_stats(img, _TABLES), args.repeats)
         ker = best_ms(lambda img=img: ps.pixel_stats(img, _TABLES), args.repeats)
         q = best_ms(lambda img=img: quality_stats(img), args.repeats)
-        imgs = [_photo(w, h, s) for s in range(8)]
-        rates = []
-        for threads in (1, 2):
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda a: ps.pixel_stats(a, _TABLES), imgs))
-                t = time.perf_counter()
-                for _ in range(max(1, args.repeats // 4)):
-                    list(pool.map(lambda a: ps.pixel_stats(a, _TABLES), imgs))
-                rates.append(len(imgs) * max(1, args.repeats // 4) / (time.perf_counter() - t))
+        imgs = [photo(w, h, s) for s in range(8)]
+        rates = thread_rates(lambda a: ps.pixel_stats(a, _TABLES), imgs, args.repeats)
         print(
             f"{w}x{h}: reference {ref:.2f} ms, kernel {ker:.2f} ms (reference / kernel = {ref / ker:.2f}x), "
             f"quality_stats {q:.2f} ms; kernel images/s with 1 thread {rates[0]:.0f}, 2 threads {rates[1]:.0f} "
