@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from sanitized import run_sanitized
 
 from neuroprint.kernels import gray_lanczos as gl
 
@@ -241,32 +242,6 @@ print("ASAN-DONE", bad)
 
 
 def test_memory_safety_under_address_sanitizer(tmp_path):
-    # the extension built with -fsanitize=address on random shapes (upscales, 1-pixel sides, 1-4 outputs):
-    # any out-of-bounds read or write aborts the child
-    import shutil
-    import subprocess
-    import sys
-    import sysconfig
-    from pathlib import Path
-
-    cc = shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no gcc to build the sanitised extension")
-    libasan = subprocess.run(
-        [cc, "-print-file-name=libasan.so"], capture_output=True, text=True
-    ).stdout.strip()
-    if not libasan or not Path(libasan).exists():
-        pytest.skip("gcc has no libasan")
-    src = Path(__file__).resolve().parents[1] / "kernels" / "_gray_lanczos.c"
-    so = tmp_path / f"_gray_lanczos{sysconfig.get_config_var('EXT_SUFFIX')}"
-    build = subprocess.run(
-        [cc, "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-ffp-contract=off", "-fPIC", "-shared",
-         f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(so)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert build.returncode == 0, build.stderr
-    env = {"ASAN_OPTIONS": "detect_leaks=0", "LD_PRELOAD": libasan, "PATH": "/usr/bin:/bin"}
-    run = subprocess.run(
-        [sys.executable, "-c", _ASAN_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env
-    )
-    assert run.returncode == 0 and "ASAN-DONE 0" in run.stdout, run.stderr[-3000:]
+    # the extension built with -fsanitize=address on random shapes (upscales, 1-pixel sides, 1-4 outputs)
+    out = run_sanitized("_gray_lanczos", _ASAN_SCRIPT, tmp_path, ("-ffp-contract=off",))
+    assert "ASAN-DONE 0" in out, out

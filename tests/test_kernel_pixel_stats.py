@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from sanitized import run_sanitized
 
 from neuroprint.check.quality import _TABLES, quality_stats
 from neuroprint.kernels import pixel_stats as ps
@@ -112,3 +113,24 @@ def test_without_the_extension_the_reference_runs_and_says_so(monkeypatch, caplo
     assert set(got) == set(want)
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-12), k
+
+
+_ASAN_SCRIPT = r"""
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+import _pixel_stats as ext
+rng = np.random.default_rng(0)
+tables = [rng.random(65536, dtype=np.float32), rng.random(256, dtype=np.float32), rng.random(65536, dtype=np.float32)]
+for it in range(300):
+    h, w = (int(v) for v in rng.integers(1, 70, 2))
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    hists = [np.zeros(n, np.int64) for n in (256, 511, 1021, 2041)]
+    ext.pixel_stats(img, *tables, *hists)
+    assert hists[0].sum() == h * w and hists[3].sum() == max(h - 2, 0) * max(w - 2, 0)
+print("ASAN-DONE")
+"""
+
+
+def test_memory_safety_under_address_sanitizer(tmp_path):
+    # the extension built with -fsanitize=address on random shapes, the extremes' table indices included
+    assert "ASAN-DONE" in run_sanitized("_pixel_stats", _ASAN_SCRIPT, tmp_path, ("-fno-math-errno",))
