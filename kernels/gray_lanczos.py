@@ -25,6 +25,7 @@ reference, which gives the same bits, more slowly.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,6 +41,7 @@ except ImportError:  # an install without a C compiler: say so once, then the re
 _warned = False
 _order_rule: bool | None = None  # the installed Pillow's order of the passes (None: neither matches)
 _order_found = False  # whether the probes ran
+_order_lock = threading.Lock()  # decode threads start together: the probes run once
 _PROBES = (((23, 5), (9, 8)), ((9, 8), (9, 8)), ((153, 81), (32, 32)), ((100, 60), (9, 8)), ((40, 37), (32, 32)),
            ((480, 64), (9, 8)), ((6, 50), (32, 32)))  # fmt: skip
 MAX_SIZE = 4096  # the extension's limit on an output side (hash thumbnails are 32 x 32 at most)
@@ -92,31 +94,38 @@ def pillow_order() -> bool | None:
     """Which order of the passes the installed Pillow follows (True: Pillow 13's rule, False: the horizontal
     pass first always), from the probe images; None when the kernel matches Pillow neither way or was not
     built. Found once per process."""
-    global _order_rule, _order_found
     if _ext is None:
         return None
     if not _order_found:
-        rng = np.random.default_rng(20261207)
-        probes = []
-        for (h, w), size in _PROBES:
-            probes.append((rng.integers(0, 256, (h, w), dtype=np.uint8), size))
-            probes.append((rng.integers(0, 256, (h, w, 3), dtype=np.uint8), size))
-        want = [reference_gray_lanczos(img, [size])[0] for img, size in probes]
-        _order_rule = None
-        for rule in (True, False):
-            if all(np.array_equal(_run(img, [size], rule)[0], ref) for (img, size), ref in zip(probes, want)):
-                _order_rule = rule
-                break
-        _order_found = True
-        if _order_rule is None:
-            import PIL
-
-            logger.warning(
-                "the LANCZOS thumbnails of neuroprint.kernels._gray_lanczos differ from this Pillow's (%s) on "
-                "the probe images: the hashes' thumbnails run in Pillow itself, with its bits, more slowly",
-                PIL.__version__,
-            )
+        with _order_lock:
+            if not _order_found:
+                _find_order()
     return _order_rule
+
+
+def _find_order() -> None:
+    """Run the kernel both ways on the probes against Pillow; set the order that matches (or None)."""
+    global _order_rule, _order_found
+    rng = np.random.default_rng(20261207)
+    probes = []
+    for (h, w), size in _PROBES:
+        probes.append((rng.integers(0, 256, (h, w), dtype=np.uint8), size))
+        probes.append((rng.integers(0, 256, (h, w, 3), dtype=np.uint8), size))
+    want = [reference_gray_lanczos(img, [size])[0] for img, size in probes]
+    _order_rule = None
+    for rule in (True, False):
+        if all(np.array_equal(_run(img, [size], rule)[0], ref) for (img, size), ref in zip(probes, want)):
+            _order_rule = rule
+            break
+    if _order_rule is None:
+        import PIL
+
+        logger.warning(
+            "the LANCZOS thumbnails of neuroprint.kernels._gray_lanczos differ from this Pillow's (%s) on "
+            "the probe images: the hashes' thumbnails run in Pillow itself, with its bits, more slowly",
+            PIL.__version__,
+        )
+    _order_found = True
 
 
 def gray_lanczos(img: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
