@@ -22,7 +22,7 @@ from conftest import TINY
 from neuroprint import load_vdna_from_files, profile
 from neuroprint._errors import RayJobError
 from neuroprint.cli import main
-from neuroprint.jobs.ray import ACTOR_PREFIX, MAX_DEATHS, MAX_FAILURES, _schedule, ray_session
+from neuroprint.jobs.ray import MAX_DEATHS, MAX_FAILURES, _schedule, ray_session
 
 ray = pytest.importorskip("ray")
 
@@ -131,29 +131,35 @@ def many(image_sets, tmp_path_factory):
     return src, root / "ranges"
 
 
+def _busy_shard_actors() -> list[int]:
+    """Pids of the job's actors while they run a shard: Ray titles an actor's process ``ray::Worker.run``
+    while its ``run`` method executes (``ray::Worker`` when idle)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                title = f.read().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if title.startswith(b"ray::Worker.run"):
+            pids.append(int(d))
+    return pids
+
+
 def _kill_running_actors(stop: threading.Event, kills: list, times: int):
-    """SIGKILLs an actor while it computes a shard (its process running, not idle in Ray's loop),
-    `times` times. Pids are asked while the actors are idle (a busy actor answers only after its shard)."""
-    pids = {}
+    """SIGKILLs an actor while it computes a shard (its process titled as running ``run``), `times` times.
+    The title needs no call into the actor, which a busy actor would answer only after its shard."""
     while not stop.is_set() and len(kills) < times:
-        for i in range(2):
-            pid = pids.get(i)
-            if pid is None or not os.path.exists(f"/proc/{pid}"):
-                try:
-                    pids[i] = ray.get(ray.get_actor(f"{ACTOR_PREFIX}{i}").pid.remote(), timeout=0.5)
-                except Exception:  # not created yet, busy, or restarting
-                    pids.pop(i, None)
-                continue
+        busy = _busy_shard_actors()
+        if busy and not stop.is_set():
             try:
-                with open(f"/proc/{pid}/stat") as f:
-                    busy = f.read().rsplit(")", 1)[1].split()[0] == "R"
-            except OSError:
+                os.kill(busy[0], signal.SIGKILL)
+            except ProcessLookupError:  # its shard just ended and Ray recycled nothing: look again
                 continue
-            if busy and not stop.is_set():
-                os.kill(pid, signal.SIGKILL)
-                kills.append(pid)
-                pids.pop(i)
-                time.sleep(1.0)
+            kills.append(busy[0])
+            time.sleep(1.0)
         time.sleep(0.01)
 
 
