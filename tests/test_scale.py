@@ -135,19 +135,29 @@ def test_compact_partials_round_trip_in_their_dtypes(tmp_path):
         "near_limit": np.array([-(2**61) - 1, 2**61], dtype=np.int64),  # narrowed only
     }
     _savez_compact(tmp_path / "p.npz", arrays)
-    with np.load(tmp_path / "p.npz", allow_pickle=False) as z:
-        # byte planes of the zigzag deltas ([0, 3, 255]: 0, 6, 504, two bytes); single values and rows of one
-        # element narrowed
-        assert z["h"].dtype == np.uint8 and z["h"].shape == (2, 37 * 41)  # deltas up to 2 * 299: 2 bytes
-        assert z["small"].shape == (2, 3) and z["count"].dtype == np.uint8 and z["column"].dtype == np.uint8
-        assert z["near_limit"].dtype == np.int64
+    import json
     import zipfile
 
-    # integers are deflated; floats are stored (deflate gains little on float noise at many times the cost)
+    import pyarrow as pa
+
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as z:
+        specs = json.loads(str(z["__dtypes__"]))
+        # byte planes of the zigzag deltas ([0, 3, 255]: 0, 6, 504, two bytes), zstd-compressed into one
+        # uint8 blob; single values and rows of one element narrowed
+        assert specs["h"]["codec"] == "zstd" and specs["h"]["planes"] == [2, 37 * 41]  # deltas up to 2 * 299
+        assert z["h"].dtype == np.uint8 and z["h"].ndim == 1
+        assert specs["small"]["planes"] == [2, 3] and z["count"].dtype == np.uint8
+        assert z["column"].dtype == np.uint8 and z["near_limit"].dtype == np.int64
+        raw = pa.Codec("zstd").decompress(z["h"], decompressed_size=2 * 37 * 41, asbytes=True)
+        assert len(raw) == 2 * 37 * 41
+
+    # narrowed integers are deflated; floats and the compressed blobs are stored (deflate gains little on
+    # float noise at many times the cost, and nothing on zstd's output)
     with zipfile.ZipFile(tmp_path / "p.npz") as zf:
         kind = {i.filename: i.compress_type for i in zf.infolist()}
-    assert kind["m.npy"] == zipfile.ZIP_STORED and kind["h.npy"] == kind["cube.npy"] == zipfile.ZIP_DEFLATED
-    # smooth counts (a histogram) deflate better as deltas than as narrowed counts
+    assert kind["m.npy"] == kind["h.npy"] == kind["cube.npy"] == zipfile.ZIP_STORED
+    assert kind["count.npy"] == kind["near_limit.npy"] == zipfile.ZIP_DEFLATED
+    # smooth counts (a histogram) compress better as deltas than as narrowed counts
     smooth = np.rint(5000 * np.exp(-(np.linspace(-4, 4, 1000) ** 2) / 2))[None] + rng.poisson(3, (64, 1000))
     _savez_compact(tmp_path / "s.npz", {"c": smooth.astype(np.int64)})
     import io
@@ -160,6 +170,66 @@ def test_compact_partials_round_trip_in_their_dtypes(tmp_path):
     assert sorted(back) == sorted(arrays)
     for k, a in arrays.items():
         assert back[k].dtype == a.dtype and back[k].shape == a.shape and np.array_equal(back[k], a), k
+
+
+def test_partials_with_deflated_planes_still_load(tmp_path, monkeypatch):
+    """Partial files written before the zstd planes (deflated byte planes, a spec without "codec"), or by
+    a pyarrow without zstd, load to the same arrays: a job resumed across the change merges them."""
+    import json
+    import zipfile
+
+    import neuroprint.jobs.job as job_mod
+
+    rng = np.random.default_rng(1)
+    arrays = {
+        "hists": rng.poisson(4, size=(5, 7, 33)).astype(np.uint16),
+        "counts": rng.integers(-(2**40), 2**40, size=(3, 9)),
+        "n": np.array(7, dtype=np.int64),
+    }
+    monkeypatch.setattr(job_mod, "_planes_codec", lambda: None)
+    _savez_compact(tmp_path / "old.npz", arrays)
+    monkeypatch.undo()
+    with zipfile.ZipFile(tmp_path / "old.npz") as zf:
+        assert zf.getinfo("hists.npy").compress_type == zipfile.ZIP_DEFLATED
+        specs = json.loads(str(np.load(zf.open("__dtypes__.npy"), allow_pickle=False)))
+    assert "codec" not in specs["hists"] and specs["hists"]["enc"] == "dz"
+    _savez_compact(tmp_path / "new.npz", arrays)
+    old, new = _loadz(tmp_path / "old.npz"), _loadz(tmp_path / "new.npz")
+    for k, a in arrays.items():
+        for got in (old[k], new[k]):
+            assert got.dtype == a.dtype and np.array_equal(got, a), k
+
+
+def test_a_corrupt_compressed_partial_is_a_clear_error(tmp_path):
+    import json
+    import zipfile
+
+    arrays = {"hists": np.random.default_rng(2).poisson(9, size=(4, 50)).astype(np.int64)}
+    _savez_compact(tmp_path / "p.npz", arrays)
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as z:
+        blob, specs = z["hists"].copy(), json.loads(str(z["__dtypes__"]))
+
+    def write(path, blob, spec):
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, a in (("hists", blob), ("__dtypes__", np.array(json.dumps({"hists": spec})))):
+                with zf.open(f"{name}.npy", "w") as f:
+                    np.lib.format.write_array(f, a, allow_pickle=False)
+
+    bad = blob.copy()
+    bad[len(bad) // 2 :] ^= 0x5A  # the frame's data garbled
+    cases = {
+        "garbled": (bad, specs["hists"], "does not decompress|holds"),
+        "truncated": (blob[: len(blob) // 2], specs["hists"], "does not decompress|holds"),
+        "wrong size": (blob, {**specs["hists"], "planes": [1, 3]}, "does not decompress|holds"),
+        "unknown codec": (blob, {**specs["hists"], "codec": "brotli9"}, "unknown codec"),
+        "bad plane shape": (blob, {**specs["hists"], "planes": [2]}, "plane shape"),
+        "not a blob": (blob.astype(np.int16), specs["hists"], "uint8 blob"),
+    }
+    for what, (b, spec, msg) in cases.items():
+        path = tmp_path / f"{what}.npz"
+        write(path, b, spec)
+        with pytest.raises(ValueError, match=msg):
+            _loadz(path)
 
 
 def test_a_torn_log_line_is_not_a_finished_shard(tmp_path):
