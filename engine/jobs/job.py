@@ -680,11 +680,12 @@ def _unpack_planes(blob: np.ndarray, spec: dict) -> np.ndarray:
         raise ValueError(f"a delta-coded array has an unknown codec or plane shape: {spec!r}")
     if blob.dtype != np.uint8 or blob.ndim != 1:
         raise ValueError(f"a compressed array must be a uint8 blob, got {blob.dtype} {blob.shape}")
-    if not pa.Codec.is_available(_PLANES_CODEC):
+    codec = _planes_codec()
+    if codec is None:
         raise ValueError(f"this pyarrow has no {_PLANES_CODEC} codec to read the partial state")
     size = shape[0] * shape[1]
     try:
-        raw = pa.Codec(_PLANES_CODEC).decompress(blob, decompressed_size=size, asbytes=True)
+        raw = codec.decompress(blob, decompressed_size=size, asbytes=True)
     except (OSError, ValueError, pa.ArrowException) as e:
         raise ValueError(f"a compressed array does not decompress: {e}") from e
     if len(raw) != size:
